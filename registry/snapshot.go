@@ -1,0 +1,78 @@
+package registry
+
+import (
+	"sort"
+	"time"
+)
+
+// Member is a live node as the routing layer sees it.
+type Member struct {
+	*Node
+	// Dial is the host:port reverse_proxy connects to.
+	Dial string
+}
+
+// Snapshot is an immutable view of the live nodes, indexed for routing.
+// Readers never lock: the watcher swaps in a new Snapshot on every change.
+type Snapshot struct {
+	// Members holds the live nodes, sorted by ID.
+	Members []*Member
+	// Synced reports whether the registry has been read at least once.
+	Synced bool
+	// Built is when this snapshot was made.
+	Built time.Time
+
+	byID    map[string]*Member
+	byModel map[string][]*Member
+	byDial  map[string]*Member
+	models  []string
+	dormant map[string]bool
+}
+
+// newSnapshot indexes live members; dormantModels are the models of
+// registered nodes that are not live.
+func newSnapshot(members []*Member, dormantModels map[string]bool, synced bool, now time.Time) *Snapshot {
+	sort.Slice(members, func(i, j int) bool { return members[i].ID < members[j].ID })
+	s := &Snapshot{
+		Members: members,
+		Synced:  synced,
+		Built:   now,
+		byID:    make(map[string]*Member, len(members)),
+		byModel: make(map[string][]*Member),
+		byDial:  make(map[string]*Member, len(members)),
+		dormant: dormantModels,
+	}
+	for _, m := range members {
+		s.byID[m.ID] = m
+		if _, dup := s.byDial[m.Dial]; dup {
+			continue // two IDs for one address: route to it once
+		}
+		s.byDial[m.Dial] = m
+		for _, model := range m.Models {
+			if len(s.byModel[model]) == 0 {
+				s.models = append(s.models, model)
+			}
+			s.byModel[model] = append(s.byModel[model], m)
+		}
+	}
+	sort.Strings(s.models)
+	return s
+}
+
+// ServingModel returns the live members that serve model. The slice is
+// shared: do not modify it.
+func (s *Snapshot) ServingModel(model string) []*Member { return s.byModel[model] }
+
+// ByDial returns the live member at a dial address, or nil.
+func (s *Snapshot) ByDial(dial string) *Member { return s.byDial[dial] }
+
+// Models returns the sorted union of the models of live members.
+func (s *Snapshot) Models() []string { return s.models }
+
+// Known reports whether any registered node, live or not, lists model.
+func (s *Snapshot) Known(model string) bool {
+	return len(s.byModel[model]) > 0 || s.dormant[model]
+}
+
+// has reports whether m is in the snapshot as the same member.
+func (s *Snapshot) has(m *Member) bool { return s.byID[m.ID] == m }

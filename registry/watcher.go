@@ -1,0 +1,375 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// WatcherOptions tune a Watcher. Zero values take the defaults.
+type WatcherOptions struct {
+	// Resync is the period of the full read that repairs missed events.
+	// Default: 5s (1s with LegacyKeys, which are only polled).
+	Resync time.Duration
+	// LegacyKeys also reads the keys the original ai-lb's monitor writes.
+	LegacyKeys bool
+	// ExpiryCheck is how often liveness is judged. Default: 100ms.
+	ExpiryCheck time.Duration
+}
+
+// Watcher keeps an in-memory Snapshot of the live nodes of one registry,
+// following the events channel and resyncing periodically. It owns its
+// goroutines; Close stops them.
+type Watcher struct {
+	client *Client
+	logger *zap.Logger
+	opts   WatcherOptions
+
+	snap   atomic.Pointer[Snapshot]
+	resync chan struct{}
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	nodes     map[string]*tracked
+	badLogged map[string]string // id -> error already logged for it
+	synced    bool
+	up        bool      // the last Redis operation succeeded
+	downSince time.Time // start of the current outage, zero when up
+	resumedAt time.Time // end of the last outage: TTLs count from here
+}
+
+// tracked is the watcher's record of one registered node.
+type tracked struct {
+	member *Member
+	seen   time.Time // local time of the last heartbeat
+}
+
+// NewWatcher starts watching the registry client serves. The watcher never
+// fails to start: while Redis is unreachable it serves an empty (or the last
+// known) snapshot and keeps reconnecting.
+func NewWatcher(client *Client, opts WatcherOptions, logger *zap.Logger) *Watcher {
+	if opts.Resync <= 0 {
+		opts.Resync = 5 * time.Second
+		if opts.LegacyKeys {
+			opts.Resync = time.Second
+		}
+	}
+	if opts.ExpiryCheck <= 0 {
+		opts.ExpiryCheck = 100 * time.Millisecond
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &Watcher{
+		client:    client,
+		logger:    logger,
+		opts:      opts,
+		resync:    make(chan struct{}, 1),
+		cancel:    cancel,
+		nodes:     make(map[string]*tracked),
+		badLogged: make(map[string]string),
+	}
+	w.snap.Store(newSnapshot(nil, nil, false, time.Now()))
+	w.wg.Add(2)
+	go w.subscribe(ctx)
+	go w.loop(ctx)
+	return w
+}
+
+// Snapshot returns the current view of the live nodes.
+func (w *Watcher) Snapshot() *Snapshot { return w.snap.Load() }
+
+// Close stops the watcher's goroutines and waits for them.
+func (w *Watcher) Close() {
+	w.cancel()
+	w.wg.Wait()
+}
+
+// Resync asks for a full read of the registry soon.
+func (w *Watcher) Resync() {
+	select {
+	case w.resync <- struct{}{}:
+	default:
+	}
+}
+
+// subscribe follows the events channel, reconnecting with backoff.
+func (w *Watcher) subscribe(ctx context.Context) {
+	defer w.wg.Done()
+	ps := w.client.rdb.Subscribe(ctx, w.client.keys.Events)
+	defer ps.Close()
+	backoff := newBackoff()
+	for {
+		msg, err := ps.Receive(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			w.markDown(err)
+			if !backoff.wait(ctx) {
+				return
+			}
+			continue
+		}
+		backoff.reset()
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			// (Re)subscribed: events may have been missed meanwhile.
+			w.Resync()
+		case *redis.Message:
+			w.apply(m.Payload)
+		}
+	}
+}
+
+// loop runs resyncs and liveness checks.
+func (w *Watcher) loop(ctx context.Context) {
+	defer w.wg.Done()
+	resync := time.NewTicker(w.opts.Resync)
+	defer resync.Stop()
+	expiry := time.NewTicker(w.opts.ExpiryCheck)
+	defer expiry.Stop()
+	w.readAll(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-resync.C:
+			w.readAll(ctx)
+		case <-w.resync:
+			w.readAll(ctx)
+		case <-expiry.C:
+			w.mu.Lock()
+			if w.up && w.livenessChanged(time.Now()) {
+				w.rebuild(time.Now())
+			}
+			w.mu.Unlock()
+		}
+	}
+}
+
+// readAll replaces the watcher's state with a full read of the registry.
+func (w *Watcher) readAll(ctx context.Context) {
+	readCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	entries, err := w.client.List(readCtx)
+	if err == nil && w.opts.LegacyKeys {
+		var legacy []Entry
+		legacy, err = w.client.legacyNodes(readCtx)
+		entries = append(entries, legacy...)
+	}
+	if ctx.Err() != nil {
+		return // shutting down
+	}
+	if err != nil {
+		w.markDown(err)
+		return
+	}
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.setUp(now)
+	present := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		present[e.ID] = true
+		if e.Err != nil {
+			w.logBad(e.ID, e.Err)
+			continue
+		}
+		delete(w.badLogged, e.ID)
+		if e.Heartbeat.IsZero() && !e.Live {
+			continue // stored but never heartbeated: not routable
+		}
+		m, err := newMember(e.Node)
+		if err != nil {
+			w.logBad(e.ID, err)
+			continue
+		}
+		seen := now.Add(-e.Age)
+		if t, ok := w.nodes[e.ID]; ok {
+			if t.seen.After(seen) {
+				seen = t.seen // an event newer than this read
+			}
+			if reflect.DeepEqual(t.member.Node, m.Node) {
+				m = t.member
+			}
+		}
+		w.nodes[e.ID] = &tracked{member: m, seen: seen}
+	}
+	for id, t := range w.nodes {
+		// After an outage, a Redis that came back empty must not wipe the
+		// routing table before the nodes have had one TTL to re-register.
+		if !present[id] && now.After(w.resumedAt.Add(t.member.TTL())) {
+			delete(w.nodes, id)
+		}
+	}
+	for id := range w.badLogged {
+		if !present[id] {
+			delete(w.badLogged, id)
+		}
+	}
+	w.synced = true
+	w.rebuild(now)
+}
+
+// apply handles one message from the events channel.
+func (w *Watcher) apply(payload string) {
+	var ev Event
+	if err := json.Unmarshal([]byte(payload), &ev); err != nil {
+		w.logger.Warn("skipping malformed registry event", zap.String("payload", truncate(payload)), zap.Error(err))
+		return
+	}
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.setUp(now)
+	switch ev.Op {
+	case "up":
+		if ev.Node == nil {
+			w.logger.Warn("skipping registry event without node", zap.String("payload", truncate(payload)))
+			return
+		}
+		if err := ev.Node.Validate(); err != nil {
+			w.logBad(ev.Node.ID, err)
+			return
+		}
+		m, err := newMember(ev.Node)
+		if err != nil {
+			w.logBad(ev.Node.ID, err)
+			return
+		}
+		if old, ok := w.nodes[m.ID]; ok && reflect.DeepEqual(old.member.Node, m.Node) {
+			old.seen = now // a heartbeat: rebuild only if it revives the node
+			if !w.Snapshot().has(old.member) {
+				w.rebuild(now)
+			}
+			return
+		}
+		w.nodes[m.ID] = &tracked{member: m, seen: now}
+		w.rebuild(now)
+	case "down":
+		if _, known := w.nodes[ev.ID]; known {
+			delete(w.nodes, ev.ID)
+			w.rebuild(now)
+		}
+	default:
+		w.logger.Warn("skipping registry event with unknown op", zap.String("op", ev.Op))
+	}
+}
+
+// live reports whether a tracked node is live at now. Time spent while
+// Redis was unreachable does not count against its TTL.
+func (w *Watcher) live(t *tracked, now time.Time) bool {
+	seen := t.seen
+	if w.resumedAt.After(seen) {
+		seen = w.resumedAt
+	}
+	return now.Sub(seen) <= t.member.TTL()
+}
+
+// livenessChanged reports whether the snapshot's live set is stale.
+func (w *Watcher) livenessChanged(now time.Time) bool {
+	s := w.Snapshot()
+	for _, t := range w.nodes {
+		if w.live(t, now) != s.has(t.member) {
+			return true
+		}
+	}
+	return false
+}
+
+// rebuild publishes a new snapshot. w.mu must be held.
+func (w *Watcher) rebuild(now time.Time) {
+	var members []*Member
+	dormant := make(map[string]bool)
+	for _, t := range w.nodes {
+		if w.live(t, now) {
+			members = append(members, t.member)
+			continue
+		}
+		for _, model := range t.member.Models {
+			dormant[model] = true
+		}
+	}
+	before := w.Snapshot()
+	after := newSnapshot(members, dormant, w.synced, now)
+	w.snap.Store(after)
+	if len(before.Members) != len(after.Members) {
+		w.logger.Info("registry changed", zap.Int("live_nodes", len(after.Members)), zap.Int("models", len(after.Models())))
+	}
+}
+
+// setUp records a successful Redis operation. w.mu must be held.
+func (w *Watcher) setUp(now time.Time) {
+	if w.up {
+		return
+	}
+	w.up = true
+	if !w.downSince.IsZero() {
+		w.resumedAt = now
+		w.logger.Info("redis reachable again", zap.Duration("outage", now.Sub(w.downSince)))
+		w.downSince = time.Time{}
+	}
+}
+
+// markDown records a failed Redis operation, logging once per outage.
+func (w *Watcher) markDown(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.up && !w.downSince.IsZero() {
+		return
+	}
+	w.up = false
+	w.downSince = time.Now()
+	w.logger.Error("redis unreachable; serving the last known nodes until it is back",
+		zap.Int("live_nodes", len(w.Snapshot().Members)), zap.Error(err))
+}
+
+// logBad logs a malformed entry once until it changes. w.mu must be held.
+func (w *Watcher) logBad(id string, err error) {
+	if w.badLogged[id] == err.Error() {
+		return
+	}
+	w.badLogged[id] = err.Error()
+	w.logger.Warn("skipping malformed registry entry", zap.String("id", id), zap.Error(err))
+}
+
+func newMember(n *Node) (*Member, error) {
+	dial, err := n.Dial()
+	if err != nil {
+		return nil, err
+	}
+	return &Member{Node: n, Dial: dial}, nil
+}
+
+func truncate(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "..."
+	}
+	return s
+}
+
+// backoff is a capped exponential delay between reconnection attempts.
+type backoff struct{ next time.Duration }
+
+func newBackoff() *backoff { return &backoff{next: 50 * time.Millisecond} }
+
+func (b *backoff) reset() { b.next = 50 * time.Millisecond }
+
+// wait sleeps for the current delay; false if ctx ended first.
+func (b *backoff) wait(ctx context.Context) bool {
+	t := time.NewTimer(b.next)
+	defer t.Stop()
+	b.next = min(2*b.next, 2*time.Second)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
