@@ -1,1 +1,43 @@
+// Package ailb is ai-lb: a load balancer for LLM inference servers, built
+// as Caddy modules. Importing it registers every module, the Caddyfile
+// directives and the `ai_lb` global option:
+//
+//	ai_lb                                      app: the shared node registry in Redis (registry.App)
+//	http.handlers.ai_lb                        the OpenAI front door (gateway.Handler)
+//	http.reverse_proxy.upstreams.ai_lb         live nodes serving the request's model (selection.Source)
+//	http.reverse_proxy.selection_policies.p2c  power of two choices (selection.P2C)
+//
+// A site runs `ai_lb` → `hedge` → `reverse_proxy`: the `ai_lb` directive is
+// ordered after `metrics`.
 package ailb
+
+import (
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+
+	"github.com/ai-lb/ai-lb/gateway"
+	"github.com/ai-lb/ai-lb/registry"
+	"github.com/ai-lb/ai-lb/selection"
+)
+
+func init() {
+	caddy.RegisterModule(registry.App{})
+	caddy.RegisterModule(gateway.Handler{})
+	caddy.RegisterModule(selection.Source{})
+	caddy.RegisterModule(selection.P2C{})
+
+	httpcaddyfile.RegisterGlobalOption("ai_lb", parseGlobalOption)
+	httpcaddyfile.RegisterHandlerDirective("ai_lb", gateway.ParseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("ai_lb", httpcaddyfile.After, "metrics")
+}
+
+// parseGlobalOption turns the `ai_lb` global option into the ai_lb app.
+func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
+	app := new(registry.App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "ai_lb", Value: caddyconfig.JSON(app, nil)}, nil
+}

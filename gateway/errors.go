@@ -1,0 +1,51 @@
+package gateway
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// apiError is an error in the OpenAI API's format.
+type apiError struct {
+	status  int
+	Message string  `json:"message"`
+	Type    string  `json:"type"`
+	Param   *string `json:"param"`
+	Code    string  `json:"code"`
+}
+
+// Error types, as the OpenAI API names them.
+const (
+	typeInvalidRequest = "invalid_request_error"
+	typeServer         = "server_error"
+)
+
+func invalidRequest(status int, code, param, message string) *apiError {
+	e := &apiError{status: status, Message: message, Type: typeInvalidRequest, Code: code}
+	if param != "" {
+		e.Param = &param
+	}
+	return e
+}
+
+func serverError(status int, code, message string) *apiError {
+	return &apiError{status: status, Message: message, Type: typeServer, Code: code}
+}
+
+// write sends the error as `{"error":{...}}`. A positive retryAfter adds a
+// Retry-After header, rounded up to whole seconds.
+func (e *apiError) write(w http.ResponseWriter, retryAfter time.Duration) {
+	body, _ := json.Marshal(struct {
+		Error *apiError `json:"error"`
+	}{e})
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	if retryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(int((retryAfter+time.Second-1)/time.Second)))
+	}
+	w.WriteHeader(e.status)
+	_, _ = w.Write(body)
+}

@@ -1,0 +1,229 @@
+// Package gateway is the OpenAI front door of ai-lb: the `ai_lb` HTTP
+// handler reads each request's model once, answers what the registry alone
+// can answer, and turns every failure into an OpenAI-style error.
+package gateway
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/ai-lb/ai-lb/registry"
+	"github.com/ai-lb/ai-lb/selection"
+)
+
+// Handler is the `ai_lb` HTTP handler, placed before `reverse_proxy`.
+//
+// For requests with a body it reads the body once (bounded), finds the
+// model without decoding the whole document, and hands both to the rest
+// of the route (the hedge handler and the `dynamic ai_lb` source). It
+// answers GET /v1/models, GET /v1/models/{id} and GET /health from the
+// registry. Client errors and proxy failures come back as OpenAI-style
+// JSON errors.
+type Handler struct {
+	// MaxBodySize is the largest request body accepted, in bytes; larger
+	// bodies get 413. Default: 16 MiB.
+	MaxBodySize int64 `json:"max_body_size,omitempty"`
+
+	// MinNodes is the number of live nodes below which GET /health
+	// answers 503. Default: 1.
+	MinNodes int `json:"min_nodes,omitempty"`
+
+	// RetryAfter is the Retry-After sent with 503 answers when no node is
+	// available. Default: 2s.
+	RetryAfter caddy.Duration `json:"retry_after,omitempty"`
+
+	app    *registry.App
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.ai_lb",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets defaults and joins the config's registry.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.MaxBodySize == 0 {
+		h.MaxBodySize = selection.DefaultMaxBody
+	}
+	if h.MinNodes == 0 {
+		h.MinNodes = 1
+	}
+	if h.RetryAfter == 0 {
+		h.RetryAfter = caddy.Duration(2 * time.Second)
+	}
+	app, err := registry.FromContext(ctx)
+	if err != nil {
+		return err
+	}
+	h.app = app
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if h.MaxBodySize < 0 {
+		return fmt.Errorf("max_body_size: must not be negative")
+	}
+	if h.MinNodes < 0 {
+		return fmt.Errorf("min_nodes: must not be negative")
+	}
+	if h.RetryAfter < 0 {
+		return fmt.Errorf("retry_after: must not be negative")
+	}
+	return nil
+}
+
+// jsonEndpoints are the OpenAI endpoints whose bodies must be JSON objects
+// naming a model.
+var jsonEndpoints = map[string]bool{
+	"/v1/chat/completions": true,
+	"/v1/completions":      true,
+	"/v1/embeddings":       true,
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		if h.serveRegistry(w, r) {
+			return nil
+		}
+	}
+	req := new(selection.Request)
+	if r.Body != nil && r.Body != http.NoBody {
+		body, apiErr := h.readBody(r)
+		if apiErr != nil {
+			apiErr.write(w, 0)
+			return nil
+		}
+		fields, err := selection.ParseBody(body)
+		switch {
+		case err != nil && jsonEndpoints[r.URL.Path]:
+			invalidRequest(http.StatusBadRequest, "invalid_json", "", err.Error()).write(w, 0)
+			return nil
+		case err == nil && jsonEndpoints[r.URL.Path] && !fields.HasModel:
+			invalidRequest(http.StatusBadRequest, "missing_model", "model",
+				"you must provide a model parameter").write(w, 0)
+			return nil
+		case err == nil:
+			req.Model, req.Stream = fields.Model, fields.Stream
+		}
+		// Any other body (not JSON, on a path that need not be) is routed
+		// to any live node, unchanged.
+		req.Body = body
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
+		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	}
+	if apiErr := h.checkAvailable(req.Model); apiErr != nil {
+		apiErr.write(w, h.retryAfter(apiErr))
+		return nil
+	}
+	r = r.WithContext(selection.WithRequest(r.Context(), req))
+	err := next.ServeHTTP(w, r)
+	if err == nil {
+		return nil
+	}
+	// reverse_proxy returns an error only before it has written anything.
+	apiErr := proxyError(err, req.Model)
+	if c := h.logger.Check(zap.WarnLevel, "request failed"); c != nil {
+		c.Write(zap.String("model", req.Model), zap.Int("status", apiErr.status), zap.Error(err))
+	}
+	apiErr.write(w, h.retryAfter(apiErr))
+	return nil
+}
+
+// readBody reads the whole body, bounded by MaxBodySize.
+func (h *Handler) readBody(r *http.Request) ([]byte, *apiError) {
+	tooLarge := invalidRequest(http.StatusRequestEntityTooLarge, "request_too_large", "",
+		fmt.Sprintf("the request body exceeds the limit of %d bytes", h.MaxBodySize))
+	if r.ContentLength > h.MaxBodySize {
+		return nil, tooLarge
+	}
+	size := r.ContentLength
+	if size < 0 || size > 1<<20 {
+		size = 512 // unknown or large: let the buffer grow as data arrives
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size+1))
+	n, err := buf.ReadFrom(io.LimitReader(r.Body, h.MaxBodySize+1))
+	if err != nil {
+		return nil, invalidRequest(http.StatusBadRequest, "body_read_error", "",
+			"reading the request body: "+err.Error())
+	}
+	if n > h.MaxBodySize {
+		return nil, tooLarge
+	}
+	return buf.Bytes(), nil
+}
+
+// checkAvailable answers for a model no live node serves: 404 if no
+// registered node lists it, 503 if one does but is not live (or the
+// registry has not been read yet).
+func (h *Handler) checkAvailable(model string) *apiError {
+	snap := h.app.Snapshot()
+	if model == "" {
+		if len(snap.Members) == 0 {
+			return serverError(http.StatusServiceUnavailable, "no_nodes_available", "no inference node is available")
+		}
+		return nil
+	}
+	if len(snap.ServingModel(model)) > 0 {
+		return nil
+	}
+	if !snap.Synced || snap.Known(model) {
+		return serverError(http.StatusServiceUnavailable, "no_nodes_available",
+			fmt.Sprintf("no node serving the model '%s' is available", model))
+	}
+	return invalidRequest(http.StatusNotFound, "model_not_found", "model",
+		fmt.Sprintf("The model '%s' does not exist or you do not have access to it.", model))
+}
+
+// proxyError maps an error from the rest of the route to an API error.
+func proxyError(err error, model string) *apiError {
+	status := http.StatusBadGateway
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) && he.StatusCode != 0 {
+		status = he.StatusCode
+	}
+	switch status {
+	case http.StatusServiceUnavailable:
+		msg := "no inference node is available"
+		if model != "" {
+			msg = fmt.Sprintf("no node serving the model '%s' is available", model)
+		}
+		return serverError(status, "no_nodes_available", msg)
+	case http.StatusGatewayTimeout:
+		return serverError(status, "upstream_timeout", "the inference node did not answer in time")
+	default:
+		if status < 500 {
+			return invalidRequest(status, "", "", http.StatusText(status))
+		}
+		return serverError(status, "upstream_error", "the inference node failed: "+http.StatusText(status))
+	}
+}
+
+func (h *Handler) retryAfter(e *apiError) time.Duration {
+	if e.status == http.StatusServiceUnavailable {
+		return time.Duration(h.RetryAfter)
+	}
+	return 0
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

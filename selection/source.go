@@ -1,0 +1,167 @@
+package selection
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/ai-lb/ai-lb/registry"
+)
+
+// Source is the `dynamic ai_lb` upstream source: it offers reverse_proxy
+// the live registry nodes that serve the request's model (any live node
+// when the request names none), from the in-memory registry snapshot
+// with no Redis round trip.
+//
+// It offers a bounded random sample, not every node: the policy compares
+// only two, and reverse_proxy does per-upstream work under a global lock
+// for every upstream offered. Nodes not yet tried by this request are
+// preferred, so retries and hedges go elsewhere when they can.
+type Source struct {
+	// Sample is the most nodes offered per attempt. Default: 4.
+	Sample int `json:"sample,omitempty"`
+
+	app *registry.App
+}
+
+// DefaultSample is the default Source.Sample.
+const DefaultSample = 4
+
+// CaddyModule returns the Caddy module information.
+func (Source) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.upstreams.ai_lb",
+		New: func() caddy.Module { return new(Source) },
+	}
+}
+
+// Provision sets defaults and joins the config's registry.
+func (s *Source) Provision(ctx caddy.Context) error {
+	if s.Sample == 0 {
+		s.Sample = DefaultSample
+	}
+	app, err := registry.FromContext(ctx)
+	if err != nil {
+		return err
+	}
+	s.app = app
+	return nil
+}
+
+// Validate checks the configuration.
+func (s *Source) Validate() error {
+	if s.Sample < 2 {
+		return fmt.Errorf("sample: must be at least 2 (the policy compares two nodes), got %d", s.Sample)
+	}
+	return nil
+}
+
+// GetUpstreams returns fresh upstreams for the request: reverse_proxy
+// writes into them, so they are never shared between calls.
+func (s *Source) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
+	req := requestOf(r)
+	snap := s.app.Snapshot()
+	members := snap.Members
+	if req.Model != "" {
+		members = snap.ServingModel(req.Model)
+	}
+	return sample(members, req, s.Sample), nil
+}
+
+// sample picks at most k members at random, untried ones first.
+func sample(members []*registry.Member, req *Request, k int) []*reverseproxy.Upstream {
+	n := len(members)
+	ups := make([]*reverseproxy.Upstream, 0, min(n, k))
+	if n <= k {
+		// Every member fits: untried first, then tried.
+		for pass := 0; pass < 2; pass++ {
+			for _, m := range members {
+				if req.Tried(m.Dial) == (pass == 1) {
+					ups = append(ups, upstream(m))
+				}
+			}
+		}
+		return ups
+	}
+	// Draw random members without replacement (k is small, n may be
+	// large); keep tried ones aside in case too few untried turn up.
+	var picked, spare []int
+	for draws := 0; draws < 4*k && len(picked) < k; draws++ {
+		i := rand.IntN(n)
+		if containsInt(picked, i) || containsInt(spare, i) {
+			continue
+		}
+		if req.Tried(members[i].Dial) {
+			spare = append(spare, i)
+		} else {
+			picked = append(picked, i)
+		}
+	}
+	for _, i := range picked {
+		ups = append(ups, upstream(members[i]))
+	}
+	for _, i := range spare {
+		if len(ups) == k {
+			break
+		}
+		ups = append(ups, upstream(members[i]))
+	}
+	return ups
+}
+
+func upstream(m *registry.Member) *reverseproxy.Upstream {
+	return &reverseproxy.Upstream{Dial: m.Dial, MaxRequests: m.MaxConcurrency}
+}
+
+func containsInt(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// UnmarshalCaddyfile sets up the source from Caddyfile tokens:
+//
+//	dynamic ai_lb {
+//		sample <n>
+//	}
+func (s *Source) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume upstream source name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "sample":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(d.Val())
+			if err != nil {
+				return d.Errf("parsing sample: %v", err)
+			}
+			s.Sample = n
+		default:
+			return d.Errf("unrecognized ai_lb upstreams option '%s'", d.Val())
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Source)(nil)
+	_ caddy.Validator             = (*Source)(nil)
+	_ reverseproxy.UpstreamSource = (*Source)(nil)
+	_ caddyfile.Unmarshaler       = (*Source)(nil)
+)
