@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 
+	_ "github.com/ai-lb/ai-lb/cli"
 	"github.com/ai-lb/ai-lb/gateway"
 	"github.com/ai-lb/ai-lb/registry"
 	"github.com/ai-lb/ai-lb/selection"

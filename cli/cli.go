@@ -1,0 +1,295 @@
+// Package cli adds the `ai-lb` subcommands to the Caddy binary, for node
+// operators: register, deregister and list nodes in the registry, and run
+// a simulated LLM node.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+
+	"github.com/ai-lb/ai-lb/registry"
+)
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "ai-lb",
+		Short: "Manage the ai-lb node registry",
+		Long: `
+Registers, deregisters and lists the LLM nodes that ai-lb routes to. Nodes
+live in Redis; every ai-lb replica on the same Redis and prefix sees a change
+within about a second.
+
+--redis defaults to $REDIS_URL, else redis://127.0.0.1:6379.
+`,
+		CobraFunc: func(cmd *cobra.Command) {
+			cmd.AddCommand(registerCommand(), deregisterCommand(), nodesCommand(), simnodeCommand())
+		},
+	})
+}
+
+// registryFlags adds --redis and --prefix.
+func registryFlags(fs *pflag.FlagSet) {
+	fs.String("redis", "", "Redis URL (default $REDIS_URL, else redis://127.0.0.1:6379)")
+	fs.String("prefix", registry.DefaultPrefix, "registry prefix")
+}
+
+func openRegistry(fs *pflag.FlagSet) (*registry.Client, error) {
+	redisURL, _ := fs.GetString("redis")
+	prefix, _ := fs.GetString("prefix")
+	return registry.Open(redisURL, prefix)
+}
+
+// nodeFlags adds the flags that describe a node.
+func nodeFlags(fs *pflag.FlagSet) {
+	fs.String("id", "", "node ID (default: the URL's host:port)")
+	fs.StringSlice("models", nil, "served models, comma-separated (default: asked from the node's /v1/models)")
+	fs.Int("max-concurrency", 0, "most concurrent requests per ai-lb replica (0: no limit)")
+	fs.Float64("weight", 1, "relative capacity")
+	fs.StringToString("label", nil, "labels, key=value (repeatable)")
+	fs.Duration("ttl", registry.DefaultTTL, "liveness after each heartbeat; heartbeats run every ttl/3")
+}
+
+// nodeFromFlags builds a node for nodeURL, asking it for its models when
+// --models is not given.
+func nodeFromFlags(ctx context.Context, fs *pflag.FlagSet, nodeURL string) (registry.Node, error) {
+	n := registry.Node{URL: nodeURL}
+	n.ID, _ = fs.GetString("id")
+	n.Models, _ = fs.GetStringSlice("models")
+	n.MaxConcurrency, _ = fs.GetInt("max-concurrency")
+	n.Weight, _ = fs.GetFloat64("weight")
+	n.Labels, _ = fs.GetStringToString("label")
+	ttl, _ := fs.GetDuration("ttl")
+	n.TTLMillis = ttl.Milliseconds()
+	if n.ID == "" {
+		dial, err := n.Dial()
+		if err != nil {
+			return n, err
+		}
+		n.ID = dial
+	}
+	if len(n.Models) == 0 {
+		models, err := fetchModels(ctx, nodeURL)
+		if err != nil {
+			return n, fmt.Errorf("asking the node for its models (or pass --models): %v", err)
+		}
+		n.Models = models
+	}
+	return n, n.Validate()
+}
+
+// fetchModels reads a node's /v1/models.
+func fetchModels(ctx context.Context, nodeURL string) ([]string, error) {
+	u, err := url.Parse(nodeURL)
+	if err != nil {
+		return nil, err
+	}
+	u.Path = strings.TrimSuffix(strings.TrimSuffix(u.Path, "/"), "/v1") + "/v1/models"
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	var list struct {
+		Data []struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		return nil, fmt.Errorf("GET %s: %v", u, err)
+	}
+	var models []string
+	for _, m := range list.Data {
+		models = append(models, m.ID)
+	}
+	if len(models) == 0 {
+		return nil, fmt.Errorf("GET %s: no models listed", u)
+	}
+	return models, nil
+}
+
+// signalContext ends on SIGINT or SIGTERM.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+func newLogger() *zap.Logger {
+	logger, err := zap.NewProduction()
+	if err != nil {
+		return zap.NewNop()
+	}
+	return logger
+}
+
+func registerCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "register --url <node-url> [--id <id>] [--models a,b] [--max-concurrency N] [--weight W] [--ttl 15s] [--once]",
+		Short: "Registers a node and keeps it alive with heartbeats",
+		Long: `
+Registers the node at --url. Without --once it stays up as the node's
+heartbeat agent, and deregisters the node on SIGINT or SIGTERM; with --once
+it registers (one heartbeat) and exits.
+`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fs := cmd.Flags()
+			nodeURL, _ := fs.GetString("url")
+			if nodeURL == "" {
+				return fmt.Errorf("--url is required")
+			}
+			ctx, stop := signalContext()
+			defer stop()
+			node, err := nodeFromFlags(ctx, fs, nodeURL)
+			if err != nil {
+				return err
+			}
+			client, err := openRegistry(fs)
+			if err != nil {
+				return err
+			}
+			defer client.Close()
+			if once, _ := fs.GetBool("once"); once {
+				if err := client.Register(ctx, node); err != nil {
+					return err
+				}
+				fmt.Printf("registered %s (%s) serving %s\n", node.ID, node.URL, strings.Join(node.Models, ","))
+				return nil
+			}
+			agent := &registry.Agent{Client: client, Node: node, Logger: newLogger()}
+			return agent.Run(ctx)
+		},
+	}
+	fs := cmd.Flags()
+	registryFlags(fs)
+	nodeFlags(fs)
+	fs.String("url", "", "the node's base URL, e.g. http://10.0.0.5:8000 (required)")
+	fs.Bool("once", false, "register once and exit instead of heartbeating")
+	return cmd
+}
+
+func deregisterCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "deregister --id <id>",
+		Short: "Removes a node from the registry",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fs := cmd.Flags()
+			id, _ := fs.GetString("id")
+			if id == "" {
+				return fmt.Errorf("--id is required")
+			}
+			client, err := openRegistry(fs)
+			if err != nil {
+				return err
+			}
+			defer client.Close()
+			found, err := client.Deregister(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			if !found {
+				return fmt.Errorf("no node %q is registered", id)
+			}
+			fmt.Printf("deregistered %s\n", id)
+			return nil
+		},
+	}
+	registryFlags(cmd.Flags())
+	cmd.Flags().String("id", "", "node ID (required)")
+	return cmd
+}
+
+func nodesCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "nodes [--json]",
+		Short: "Lists the registered nodes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fs := cmd.Flags()
+			client, err := openRegistry(fs)
+			if err != nil {
+				return err
+			}
+			defer client.Close()
+			entries, err := client.List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON, _ := fs.GetBool("json"); asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(jsonEntries(entries))
+			}
+			printTable(entries)
+			return nil
+		},
+	}
+	registryFlags(cmd.Flags())
+	cmd.Flags().Bool("json", false, "print JSON for scripts")
+	return cmd
+}
+
+// jsonEntry is one node in `nodes --json`.
+type jsonEntry struct {
+	ID            string         `json:"id"`
+	Node          *registry.Node `json:"node,omitempty"`
+	Error         string         `json:"error,omitempty"`
+	Live          bool           `json:"live"`
+	HeartbeatAgeS float64        `json:"heartbeat_age_s"`
+}
+
+func jsonEntries(entries []registry.Entry) []jsonEntry {
+	out := make([]jsonEntry, 0, len(entries))
+	for _, e := range entries {
+		j := jsonEntry{ID: e.ID, Node: e.Node, Live: e.Live, HeartbeatAgeS: e.Age.Seconds()}
+		if e.Err != nil {
+			j.Error = e.Err.Error()
+		}
+		out = append(out, j)
+	}
+	return out
+}
+
+func printTable(entries []registry.Entry) {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATE\tURL\tMODELS\tMAX\tWEIGHT\tHEARTBEAT")
+	for _, e := range entries {
+		if e.Err != nil {
+			fmt.Fprintf(tw, "%s\tmalformed\t%v\t\t\t\t\n", e.ID, e.Err)
+			continue
+		}
+		state := "live"
+		if !e.Live {
+			state = "expired"
+		}
+		maxConc := "-"
+		if e.Node.MaxConcurrency > 0 {
+			maxConc = fmt.Sprint(e.Node.MaxConcurrency)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%g\t%s ago\n", e.ID, state, e.Node.URL,
+			strings.Join(e.Node.Models, ","), maxConc, e.Node.EffectiveWeight(), e.Age.Round(time.Millisecond))
+	}
+	tw.Flush()
+}
