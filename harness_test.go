@@ -1,0 +1,207 @@
+package ailb
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ai-lb/ai-lb/internal/testredis"
+	"github.com/ai-lb/ai-lb/registry"
+	"github.com/ai-lb/ai-lb/simnode"
+)
+
+// binary is the ai-lb binary, built once in TestMain, for tests that need a
+// second Caddy (caddytest runs one per process).
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ai-lb-test")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "ai-lb")
+	build := exec.Command("go", "build", "-o", binary, "./cmd/ai-lb")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building ai-lb:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// cluster is one test's Redis, simulated nodes and registry client.
+type cluster struct {
+	t      *testing.T
+	redis  *testredis.Server
+	client *registry.Client
+	nodes  []*testNode
+}
+
+// testNode is a simulated LLM node on a real loopback listener.
+type testNode struct {
+	*simnode.Node
+	ID  string
+	URL string
+	srv *httptest.Server
+}
+
+func newCluster(t *testing.T) *cluster {
+	t.Helper()
+	rs := testredis.Start(t)
+	client, err := registry.Open(rs.URL(), "")
+	require.NoError(t, err)
+	t.Cleanup(func() { client.Close() })
+	t.Setenv("REDIS_URL", rs.URL())
+	return &cluster{t: t, redis: rs, client: client}
+}
+
+// addNode starts a simulated node and registers it (TTL 15s).
+func (c *cluster) addNode(id string, cfg simnode.Config) *testNode {
+	c.t.Helper()
+	n := c.startNode(id, cfg)
+	c.register(n, registry.DefaultTTL)
+	return n
+}
+
+// startNode starts a simulated node without registering it.
+func (c *cluster) startNode(id string, cfg simnode.Config) *testNode {
+	c.t.Helper()
+	cfg.ID = id
+	if cfg.TTFT == 0 {
+		cfg.TTFT = 5 * time.Millisecond
+	}
+	if cfg.InterTokenLatency == 0 {
+		cfg.InterTokenLatency = time.Millisecond
+	}
+	if cfg.Tokens == 0 {
+		cfg.Tokens = 8
+	}
+	node := simnode.New(cfg)
+	srv := httptest.NewServer(node)
+	c.t.Cleanup(srv.Close)
+	n := &testNode{Node: node, ID: id, URL: srv.URL, srv: srv}
+	c.nodes = append(c.nodes, n)
+	return n
+}
+
+func (c *cluster) register(n *testNode, ttl time.Duration) {
+	c.t.Helper()
+	require.NoError(c.t, c.client.Register(context.Background(), registry.Node{
+		ID: n.ID, URL: n.URL, Models: n.Config().Models, TTLMillis: ttl.Milliseconds(),
+	}))
+}
+
+// exampleCaddyfile is Caddyfile.example with caddytest's global options
+// added and the site on port.
+func exampleCaddyfile(t *testing.T, port int) string {
+	t.Helper()
+	raw, err := os.ReadFile("Caddyfile.example")
+	require.NoError(t, err)
+	return testCaddyfile(t, string(raw), port)
+}
+
+// testCaddyfile adds caddytest's global options to a Caddyfile whose first
+// block is its global options, and moves its :8000 site to port.
+func testCaddyfile(t *testing.T, caddyfile string, port int) string {
+	t.Helper()
+	i := strings.Index(caddyfile, "{\n")
+	require.GreaterOrEqual(t, i, 0, "the Caddyfile starts with a global options block")
+	globals := "{\n\tadmin localhost:2999\n\thttp_port 9080\n\thttps_port 9443\n\tgrace_period 1ns\n\tskip_install_trust\n"
+	caddyfile = caddyfile[:i] + globals + caddyfile[i+2:]
+	return strings.Replace(caddyfile, ":8000", fmt.Sprintf(":%d", port), 1)
+}
+
+// startCaddy loads a Caddyfile into the test process's Caddy and returns the
+// site's base URL.
+func startCaddy(t *testing.T, caddyfile string) *caddytest.Tester {
+	t.Helper()
+	tester := caddytest.NewTester(t)
+	tester.InitServer(caddyfile, "caddyfile")
+	require.False(t, t.Failed(), "config did not load")
+	return tester
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// eventually retries f until it returns nil or the (generous) deadline
+// passes; it returns how long that took.
+func eventually(t *testing.T, timeout time.Duration, f func() error) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var err error
+	for time.Since(start) < timeout {
+		if err = f(); err == nil {
+			return time.Since(start)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("condition not met after %v: %v", timeout, err)
+	return 0
+}
+
+// chat sends a non-streamed chat completion and returns the status, the
+// answering node (X-Sim-Node) and the body.
+func chat(base, model string) (int, string, string, error) {
+	body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"hi"}]}`, model)
+	resp, err := http.Post(base+"/v1/chat/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		return 0, "", "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header.Get("X-Sim-Node"), string(b), err
+}
+
+// sseEvents reads an SSE body into its data payloads.
+func sseEvents(t *testing.T, r io.Reader) []string {
+	t.Helper()
+	var events []string
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			events = append(events, data)
+		}
+	}
+	require.NoError(t, sc.Err())
+	return events
+}
+
+// ourGoroutines returns the stacks of goroutines running ai-lb or go-redis
+// code, other than tests themselves.
+func ourGoroutines() []string {
+	buf := make([]byte, 8<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var ours []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "testing.tRunner") || strings.Contains(g, "testing.(*M)") {
+			continue
+		}
+		if strings.Contains(g, "github.com/ai-lb/ai-lb/") || strings.Contains(g, "github.com/redis/go-redis/") {
+			ours = append(ours, g)
+		}
+	}
+	return ours
+}
