@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -43,6 +44,17 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// adminPort is the admin port of the test process's Caddy: caddytest's 2999
+// unless AI_LB_TEST_ADMIN_PORT says otherwise, so that two test processes
+// of this package can run side by side.
+var adminPort = 2999
+
+func init() {
+	if p, err := strconv.Atoi(os.Getenv("AI_LB_TEST_ADMIN_PORT")); err == nil {
+		adminPort = p
+	}
 }
 
 // cluster is one test's Redis, simulated nodes and registry client.
@@ -122,7 +134,7 @@ func testCaddyfile(t *testing.T, caddyfile string, port int) string {
 	t.Helper()
 	i := strings.Index(caddyfile, "{\n")
 	require.GreaterOrEqual(t, i, 0, "the Caddyfile starts with a global options block")
-	globals := "{\n\tadmin localhost:2999\n\thttp_port 9080\n\thttps_port 9443\n\tgrace_period 1ns\n\tskip_install_trust\n"
+	globals := fmt.Sprintf("{\n\tadmin localhost:%d\n\thttp_port 9080\n\thttps_port 9443\n\tgrace_period 1ns\n\tskip_install_trust\n", adminPort)
 	caddyfile = caddyfile[:i] + globals + caddyfile[i+2:]
 	return strings.Replace(caddyfile, ":8000", fmt.Sprintf(":%d", port), 1)
 }
@@ -131,7 +143,7 @@ func testCaddyfile(t *testing.T, caddyfile string, port int) string {
 // site's base URL.
 func startCaddy(t *testing.T, caddyfile string) *caddytest.Tester {
 	t.Helper()
-	tester := caddytest.NewTester(t)
+	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
 	tester.InitServer(caddyfile, "caddyfile")
 	require.False(t, t.Failed(), "config did not load")
 	return tester
