@@ -168,18 +168,16 @@ func (h *Handler) readBody(r *http.Request) ([]byte, *apiError) {
 	return buf.Bytes(), nil
 }
 
-// checkAvailable answers for a model no live node serves: 404 if no
-// registered node lists it, 503 if one does but is not live (or the
-// registry has not been read yet).
+// checkAvailable answers for a model no live node serves: 503 when no node
+// at all is live (the cluster is down, not the request wrong), when a
+// registered node lists the model but is not live, or before the registry
+// has been read; otherwise 404.
 func (h *Handler) checkAvailable(model string) *apiError {
 	snap := h.app.Snapshot()
-	if model == "" {
-		if len(snap.Members) == 0 {
-			return serverError(http.StatusServiceUnavailable, "no_nodes_available", "no inference node is available")
-		}
-		return nil
+	if len(snap.Members) == 0 {
+		return serverError(http.StatusServiceUnavailable, "no_nodes_available", "no inference node is available")
 	}
-	if len(snap.ServingModel(model)) > 0 {
+	if model == "" || len(snap.ServingModel(model)) > 0 {
 		return nil
 	}
 	if !snap.Synced || snap.Known(model) {
