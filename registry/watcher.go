@@ -106,9 +106,6 @@ func (w *Watcher) subscribe(ctx context.Context) {
 	// Receive blocks in a socket read that ctx does not interrupt: closing
 	// the connection does, so that Close returns while Redis is quiet.
 	defer context.AfterFunc(ctx, func() { _ = ps.Close() })()
-	// Receive blocks in a socket read that ignores ctx: closing the
-	// subscription is what unblocks it when the watcher is closed.
-	defer context.AfterFunc(ctx, func() { _ = ps.Close() })()
 	backoff := newBackoff()
 	for {
 		msg, err := ps.Receive(ctx)
