@@ -25,11 +25,17 @@ import (
 	"github.com/ai-lb/ai-lb/simnode"
 )
 
-// binary is the ai-lb binary, built once in TestMain, for tests that need a
-// second Caddy (caddytest runs one per process).
+// binary is the ai-lb binary, built once in TestMain (or taken from
+// $AI_LB_BINARY), for tests that need a second Caddy (caddytest runs one per
+// process).
 var binary string
 
 func TestMain(m *testing.M) {
+	// CI has just built the binary with xcaddy (scripts/build.sh): use it.
+	if prebuilt := os.Getenv("AI_LB_BINARY"); prebuilt != "" {
+		binary = prebuilt
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "ai-lb-test")
 	if err != nil {
 		panic(err)
@@ -121,7 +127,7 @@ func (c *cluster) register(n *testNode, ttl time.Duration) {
 
 // exampleCaddyfile is Caddyfile.example with caddytest's global options
 // added and the site on port.
-func exampleCaddyfile(t *testing.T, port int) string {
+func exampleCaddyfile(t testing.TB, port int) string {
 	t.Helper()
 	raw, err := os.ReadFile("Caddyfile.example")
 	require.NoError(t, err)
@@ -130,7 +136,7 @@ func exampleCaddyfile(t *testing.T, port int) string {
 
 // testCaddyfile adds caddytest's global options to a Caddyfile whose first
 // block is its global options, and moves its :8000 site to port.
-func testCaddyfile(t *testing.T, caddyfile string, port int) string {
+func testCaddyfile(t testing.TB, caddyfile string, port int) string {
 	t.Helper()
 	i := strings.Index(caddyfile, "{\n")
 	require.GreaterOrEqual(t, i, 0, "the Caddyfile starts with a global options block")
@@ -141,7 +147,7 @@ func testCaddyfile(t *testing.T, caddyfile string, port int) string {
 
 // startCaddy loads a Caddyfile into the test process's Caddy and returns the
 // site's base URL.
-func startCaddy(t *testing.T, caddyfile string) *caddytest.Tester {
+func startCaddy(t testing.TB, caddyfile string) *caddytest.Tester {
 	t.Helper()
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
 	tester.InitServer(caddyfile, "caddyfile")
@@ -149,7 +155,7 @@ func startCaddy(t *testing.T, caddyfile string) *caddytest.Tester {
 	return tester
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

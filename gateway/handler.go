@@ -152,20 +152,24 @@ func (h *Handler) readBody(r *http.Request) ([]byte, *apiError) {
 	if r.ContentLength > h.MaxBodySize {
 		return nil, tooLarge
 	}
-	size := r.ContentLength
-	if size < 0 || size > 1<<20 {
-		size = 512 // unknown or large: let the buffer grow as data arrives
+	if r.ContentLength >= 0 {
+		// net/http ends the body at Content-Length: read exactly that.
+		body := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, body); err != nil {
+			return nil, invalidRequest(http.StatusBadRequest, "body_read_error", "",
+				"reading the request body: "+err.Error())
+		}
+		return body, nil
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, size+1))
-	n, err := buf.ReadFrom(io.LimitReader(r.Body, h.MaxBodySize+1))
+	body, err := io.ReadAll(io.LimitReader(r.Body, h.MaxBodySize+1))
 	if err != nil {
 		return nil, invalidRequest(http.StatusBadRequest, "body_read_error", "",
 			"reading the request body: "+err.Error())
 	}
-	if n > h.MaxBodySize {
+	if int64(len(body)) > h.MaxBodySize {
 		return nil, tooLarge
 	}
-	return buf.Bytes(), nil
+	return body, nil
 }
 
 // checkAvailable answers for a model no live node serves: 503 when no node
