@@ -4,11 +4,12 @@
 //
 //	ai_lb                                      app: the shared node registry in Redis (registry.App)
 //	http.handlers.ai_lb                        the OpenAI front door (gateway.Handler)
+//	http.handlers.hedge                        races a second node when the first token is late (hedging.Handler)
 //	http.reverse_proxy.upstreams.ai_lb         live nodes serving the request's model (selection.Source)
 //	http.reverse_proxy.selection_policies.p2c  power of two choices (selection.P2C)
 //
 // A site runs `ai_lb` → `hedge` → `reverse_proxy`: the `ai_lb` directive is
-// ordered after `metrics`.
+// ordered after `metrics`, and `hedge` before `reverse_proxy`.
 package ailb
 
 import (
@@ -19,6 +20,7 @@ import (
 
 	_ "github.com/ai-lb/ai-lb/cli"
 	"github.com/ai-lb/ai-lb/gateway"
+	"github.com/ai-lb/ai-lb/hedging"
 	"github.com/ai-lb/ai-lb/registry"
 	"github.com/ai-lb/ai-lb/selection"
 )
@@ -26,12 +28,15 @@ import (
 func init() {
 	caddy.RegisterModule(registry.App{})
 	caddy.RegisterModule(gateway.Handler{})
+	caddy.RegisterModule(hedging.Handler{})
 	caddy.RegisterModule(selection.Source{})
 	caddy.RegisterModule(selection.P2C{})
 
 	httpcaddyfile.RegisterGlobalOption("ai_lb", parseGlobalOption)
 	httpcaddyfile.RegisterHandlerDirective("ai_lb", gateway.ParseCaddyfile)
 	httpcaddyfile.RegisterDirectiveOrder("ai_lb", httpcaddyfile.After, "metrics")
+	httpcaddyfile.RegisterHandlerDirective("hedge", hedging.ParseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("hedge", httpcaddyfile.Before, "reverse_proxy")
 }
 
 // parseGlobalOption turns the `ai_lb` global option into the ai_lb app.

@@ -1,0 +1,202 @@
+package hedging
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"maps"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// errLost is what a losing attempt's writes return: its stream is not
+// wanted, and the error makes reverse_proxy stop copying it.
+var errLost = errors.New("hedged attempt lost the race")
+
+// maxHeld bounds what an attempt buffers before it wins: the bytes of an
+// SSE stream before its first data line, or a failed answer held as the
+// reply of last resort.
+const maxHeld = 64 << 10
+
+// attempt is one run of the rest of the route (reverse_proxy) for a hedged
+// request. It has its own context, writer, replacer overlay and vars; only
+// a winning attempt writes to the client.
+type attempt struct {
+	race   *race
+	index  int // 1 for the first attempt
+	start  time.Time
+	cancel context.CancelFunc
+	done   chan struct{}   // closed when the attempt's handler returned
+	repl   *caddy.Replacer // the attempt's replacer overlay
+
+	// Set by the attempt's goroutine; read after done is closed, or under
+	// race.mu.
+	header     http.Header
+	status     int
+	held       bytes.Buffer // output before winning
+	sse        bool
+	atLineHead bool
+	won        bool
+	firstToken time.Time
+	err        error // from the handler
+	panicked   any   // recovered panic value
+}
+
+// Header returns the attempt's own header map.
+func (a *attempt) Header() http.Header { return a.header }
+
+// WriteHeader records the status. 1xx answers are dropped, and so is the
+// 499 that reverse_proxy writes when the attempt is cancelled. A client
+// error (4xx other than 429) ends the race at once: it is final, and the
+// same request would fail on any node.
+func (a *attempt) WriteHeader(status int) {
+	if status < 200 || status == 499 || a.status != 0 {
+		return
+	}
+	a.status = status
+	a.sse = strings.HasPrefix(a.header.Get("Content-Type"), "text/event-stream")
+	a.atLineHead = true
+	if isClientError(status) {
+		a.race.claim(a)
+	}
+}
+
+// Write buffers output until the attempt produces its first token — the
+// first body byte of a 2xx answer, or for SSE the first `data:` line — and
+// then claims the race. The winner writes through to the client.
+func (a *attempt) Write(p []byte) (int, error) {
+	if a.status == 0 {
+		a.WriteHeader(http.StatusOK)
+	}
+	if a.won {
+		return a.race.w.Write(p)
+	}
+	if a.status >= 300 {
+		// A failed answer, held (bounded) as the reply of last resort.
+		if room := maxHeld - a.held.Len(); room > 0 {
+			a.held.Write(p[:min(len(p), room)])
+		}
+		return len(p), nil
+	}
+	if a.race.lost(a) {
+		return 0, errLost
+	}
+	if !a.sse || a.hasData(p) || a.held.Len()+len(p) > maxHeld {
+		a.firstToken = time.Now()
+		if a.race.claim(a) {
+			return a.race.w.Write(p)
+		}
+		return 0, errLost
+	}
+	a.held.Write(p)
+	return len(p), nil
+}
+
+// hasData reports whether p starts a `data:` line of an SSE stream,
+// tracking line boundaries across writes.
+func (a *attempt) hasData(p []byte) bool {
+	for len(p) > 0 {
+		if a.atLineHead && bytes.HasPrefix(p, []byte("data:")) {
+			return true
+		}
+		if a.atLineHead && len(p) < len("data:") && bytes.HasPrefix([]byte("data:"), p) {
+			// A line head split across writes: decide on the next write.
+			return false
+		}
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			a.atLineHead = false
+			return false
+		}
+		p = p[i+1:]
+		a.atLineHead = true
+	}
+	return false
+}
+
+// FlushError flushes the client's writer for the winner; before winning
+// there is nothing to flush.
+func (a *attempt) FlushError() error {
+	if !a.won {
+		return nil
+	}
+	return http.NewResponseController(a.race.w).Flush()
+}
+
+// Flush is FlushError for writers that only know http.Flusher.
+func (a *attempt) Flush() { _ = a.FlushError() }
+
+// Unwrap gives http.ResponseController the client's writer, for the
+// controls a wrapper cannot provide.
+func (a *attempt) Unwrap() http.ResponseWriter { return a.race.w }
+
+// writeHeld sends a held answer (the reply of last resort) to w.
+func (a *attempt) writeHeld(w http.ResponseWriter) {
+	h := w.Header()
+	maps.Copy(h, a.header)
+	h.Del("Content-Length")
+	if a.held.Len() < maxHeld {
+		h.Set("Content-Length", strconv.Itoa(a.held.Len()))
+	}
+	w.WriteHeader(a.status)
+	_, _ = w.Write(a.held.Bytes())
+}
+
+// race coordinates the attempts of one request.
+type race struct {
+	w  http.ResponseWriter // the client's writer
+	mu sync.Mutex
+
+	attempts []*attempt
+	winner   *attempt
+	onWin    func(*attempt) // called under mu before the winner's first write
+}
+
+// claim makes a the winner if there is none yet: the other attempts are
+// cancelled at once and the held output and headers go to the client.
+func (r *race) claim(a *attempt) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.winner != nil {
+		return r.winner == a
+	}
+	r.winner = a
+	for _, other := range r.attempts {
+		if other != a {
+			other.cancel()
+		}
+	}
+	if r.onWin != nil {
+		r.onWin(a)
+	}
+	maps.Copy(r.w.Header(), a.header)
+	r.w.WriteHeader(a.status)
+	a.won = true
+	if a.held.Len() > 0 {
+		_, _ = r.w.Write(a.held.Bytes())
+	}
+	return true
+}
+
+// lost reports whether another attempt has won.
+func (r *race) lost(a *attempt) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.winner != nil && r.winner != a
+}
+
+// isClientError reports a final 4xx: the request itself is wrong, so no
+// other attempt would do better. 429 (overloaded node) is not one.
+func isClientError(status int) bool {
+	return status >= 400 && status < 500 && status != http.StatusTooManyRequests
+}
+
+// isRetryable reports a failed answer that another node may not give.
+func isRetryable(status int) bool {
+	return status == http.StatusTooManyRequests || status >= 500
+}
