@@ -1,0 +1,118 @@
+package ailb
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ai-lb/ai-lb/simnode"
+)
+
+// aiLB runs `ai-lb ai-lb <args>` and returns its output.
+func aiLB(t *testing.T, env []string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"ai-lb"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+type listedNode struct {
+	ID   string `json:"id"`
+	Live bool   `json:"live"`
+	Node struct {
+		URL            string   `json:"url"`
+		Models         []string `json:"models"`
+		MaxConcurrency int      `json:"max_concurrency"`
+		Weight         float64  `json:"weight"`
+	} `json:"node"`
+	Error string `json:"error"`
+}
+
+func listNodes(t *testing.T, redisURL string) []listedNode {
+	t.Helper()
+	out, err := aiLB(t, nil, "nodes", "--json", "--redis", redisURL)
+	require.NoError(t, err, out)
+	var nodes []listedNode
+	require.NoError(t, json.Unmarshal([]byte(out), &nodes), out)
+	return nodes
+}
+
+func TestCLIRegisterListDeregister(t *testing.T) {
+	c := newCluster(t)
+	n := c.startNode("cli-node", simnode.Config{Models: []string{"m1", "m2"}})
+
+	// Without --models, register asks the node's /v1/models; --redis
+	// defaults to $REDIS_URL.
+	out, err := aiLB(t, []string{"REDIS_URL=" + c.redis.URL()}, "register", "--once", "--url", n.URL,
+		"--id", "cli-node", "--max-concurrency", "4", "--weight", "2")
+	require.NoError(t, err, out)
+
+	nodes := listNodes(t, c.redis.URL())
+	require.Len(t, nodes, 1)
+	require.Equal(t, "cli-node", nodes[0].ID)
+	require.True(t, nodes[0].Live)
+	require.Equal(t, n.URL, nodes[0].Node.URL)
+	require.Equal(t, []string{"m1", "m2"}, nodes[0].Node.Models)
+	require.Equal(t, 4, nodes[0].Node.MaxConcurrency)
+	require.Equal(t, 2.0, nodes[0].Node.Weight)
+
+	table, err := aiLB(t, nil, "nodes", "--redis", c.redis.URL())
+	require.NoError(t, err, table)
+	require.Contains(t, table, "cli-node")
+	require.Contains(t, table, "live")
+
+	out, err = aiLB(t, nil, "deregister", "--redis", c.redis.URL(), "--id", "cli-node")
+	require.NoError(t, err, out)
+	require.Empty(t, listNodes(t, c.redis.URL()))
+
+	out, err = aiLB(t, nil, "deregister", "--redis", c.redis.URL(), "--id", "cli-node")
+	require.Error(t, err, "deregistering an unknown node fails")
+	require.Contains(t, out, "no node")
+
+	out, err = aiLB(t, nil, "register", "--once", "--redis", c.redis.URL(), "--url", "not a url", "--models", "m")
+	require.Error(t, err, out)
+}
+
+func TestCLISimnodeRegistersAndDeregistersOnSIGTERM(t *testing.T) {
+	c := newCluster(t)
+	port := freePort(t)
+	cmd := exec.Command(binary, "ai-lb", "simnode", "--listen", fmt.Sprintf("127.0.0.1:%d", port),
+		"--id", "sim-agent", "--models", "agent-model", "--register", "--redis", c.redis.URL(), "--ttl", "3s")
+	var output strings.Builder
+	cmd.Stdout, cmd.Stderr = &output, &output
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	eventually(t, 10*time.Second, func() error {
+		nodes := listNodes(t, c.redis.URL())
+		if len(nodes) != 1 || !nodes[0].Live || nodes[0].Node.Models[0] != "agent-model" {
+			return fmt.Errorf("nodes: %+v", nodes)
+		}
+		return nil
+	})
+	// It keeps heartbeating past its TTL.
+	time.Sleep(4 * time.Second)
+	nodes := listNodes(t, c.redis.URL())
+	require.Len(t, nodes, 1)
+	require.True(t, nodes[0].Live, "heartbeats keep the node live")
+
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		require.NoError(t, err, output.String())
+	case <-time.After(10 * time.Second):
+		t.Fatalf("simnode did not exit on SIGINT: %s", output.String())
+	}
+	require.Empty(t, listNodes(t, c.redis.URL()), "the node deregisters on the way out")
+}
