@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"unicode/utf8"
 )
 
 // BodyFields are the request-body fields routing needs.
@@ -70,9 +71,10 @@ func isKey(raw []byte, name string) bool {
 	return bytes.IndexByte(raw, '\\') >= 0 && unquote(raw) == name
 }
 
-// unquote decodes a valid JSON string token.
+// unquote decodes a valid JSON string token. Invalid UTF-8 becomes U+FFFD,
+// as encoding/json decodes it, escapes or not.
 func unquote(raw []byte) string {
-	if bytes.IndexByte(raw, '\\') < 0 {
+	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
 		return string(raw[1 : len(raw)-1])
 	}
 	var s string

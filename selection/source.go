@@ -88,18 +88,24 @@ func sample(members []*registry.Member, req *Request, k int) []*reverseproxy.Ups
 		}
 		return ups
 	}
-	// Draw random members without replacement (k is small, n may be
-	// large); keep tried ones aside in case too few untried turn up.
+	// Draw members in random order, without replacement, until k untried
+	// ones turn up: a Fisher–Yates shuffle of the indexes done lazily (k
+	// is small, n may be large) by recording only the displaced slots.
+	// Tried ones are kept aside in case too few untried exist. The draws
+	// number k plus the tried members met, which are few.
 	var picked, spare []int
-	for draws := 0; draws < 4*k && len(picked) < k; draws++ {
-		i := rand.IntN(n)
-		if containsInt(picked, i) || containsInt(spare, i) {
-			continue
-		}
-		if req.Tried(members[i].Dial) {
-			spare = append(spare, i)
+	var buf [8]swap
+	moved := buf[:0] // displaced slots; the others hold their own index
+	for i := 0; i < n && len(picked) < k; i++ {
+		j := i + rand.IntN(n-i)
+		v := slotOf(moved, j)
+		moved = setSlot(moved, j, slotOf(moved, i))
+		if req.Tried(members[v].Dial) {
+			if len(spare) < k {
+				spare = append(spare, v)
+			}
 		} else {
-			picked = append(picked, i)
+			picked = append(picked, v)
 		}
 	}
 	for _, i := range picked {
@@ -114,17 +120,30 @@ func sample(members []*registry.Member, req *Request, k int) []*reverseproxy.Ups
 	return ups
 }
 
-func upstream(m *registry.Member) *reverseproxy.Upstream {
-	return &reverseproxy.Upstream{Dial: m.Dial, MaxRequests: m.MaxConcurrency}
-}
+// swap is a displaced slot of sample's lazy shuffle.
+type swap struct{ slot, index int }
 
-func containsInt(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
+func slotOf(moved []swap, slot int) int {
+	for _, s := range moved {
+		if s.slot == slot {
+			return s.index
 		}
 	}
-	return false
+	return slot
+}
+
+func setSlot(moved []swap, slot, index int) []swap {
+	for i := range moved {
+		if moved[i].slot == slot {
+			moved[i].index = index
+			return moved
+		}
+	}
+	return append(moved, swap{slot, index})
+}
+
+func upstream(m *registry.Member) *reverseproxy.Upstream {
+	return &reverseproxy.Upstream{Dial: m.Dial, MaxRequests: m.MaxConcurrency}
 }
 
 // UnmarshalCaddyfile sets up the source from Caddyfile tokens:
