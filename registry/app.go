@@ -69,8 +69,8 @@ func (App) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision connects to the registry, or joins the watcher of an earlier
-// config with the same settings. It does no I/O: an unreachable Redis is
-// logged by the watcher, never a load error.
+// config with the same settings, and waits for its first read. An
+// unreachable Redis is logged by the watcher, never a load error.
 func (a *App) Provision(ctx caddy.Context) error {
 	redisURL := caddy.NewReplacer().ReplaceAll(a.Redis, "")
 	if redisURL == "" {
@@ -98,8 +98,20 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("redis: %v", err)
 	}
 	a.watcher = val.(*pooledWatcher).watcher
+	// A new watcher (first start, or a reload that changed the registry
+	// settings) must not serve an empty snapshot before it has read the
+	// registry once. An unreachable Redis fails that read fast, or the
+	// wait ends at the read's own timeout.
+	select {
+	case <-a.watcher.FirstRead():
+	case <-time.After(firstReadWait):
+	}
 	return nil
 }
+
+// firstReadWait bounds how long Provision waits for a new watcher's first
+// read of the registry.
+const firstReadWait = 6 * time.Second
 
 // Start is a no-op: the watcher starts in Provision so that handlers can
 // use it as soon as they are provisioned.

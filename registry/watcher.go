@@ -31,8 +31,9 @@ type Watcher struct {
 	logger *zap.Logger
 	opts   WatcherOptions
 
-	snap   atomic.Pointer[Snapshot]
-	resync chan struct{}
+	snap      atomic.Pointer[Snapshot]
+	firstRead chan struct{} // closed after the first full read, done or failed
+	resync    chan struct{}
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
@@ -69,6 +70,7 @@ func NewWatcher(client *Client, opts WatcherOptions, logger *zap.Logger) *Watche
 		client:    client,
 		logger:    logger,
 		opts:      opts,
+		firstRead: make(chan struct{}),
 		resync:    make(chan struct{}, 1),
 		cancel:    cancel,
 		nodes:     make(map[string]*tracked),
@@ -83,6 +85,10 @@ func NewWatcher(client *Client, opts WatcherOptions, logger *zap.Logger) *Watche
 
 // Snapshot returns the current view of the live nodes.
 func (w *Watcher) Snapshot() *Snapshot { return w.snap.Load() }
+
+// FirstRead is closed once the watcher's first full read of the registry
+// has succeeded or failed.
+func (w *Watcher) FirstRead() <-chan struct{} { return w.firstRead }
 
 // Close stops the watcher's goroutines and waits for them.
 func (w *Watcher) Close() {
@@ -138,6 +144,7 @@ func (w *Watcher) loop(ctx context.Context) {
 	expiry := time.NewTicker(w.opts.ExpiryCheck)
 	defer expiry.Stop()
 	w.readAll(ctx)
+	close(w.firstRead)
 	for {
 		select {
 		case <-ctx.Done():
