@@ -36,15 +36,16 @@ type attempt struct {
 
 	// Set by the attempt's goroutine; read after done is closed, or under
 	// race.mu.
-	header     http.Header
-	status     int
-	held       bytes.Buffer // output before winning
-	sse        bool
-	atLineHead bool
-	won        bool
-	firstToken time.Time
-	err        error // from the handler
-	panicked   any   // recovered panic value
+	header      http.Header
+	status      int
+	held        bytes.Buffer // output before winning
+	sse         bool
+	atLineHead  bool
+	headMatched int // bytes of "data:" seen at the current line head
+	won         bool
+	firstToken  time.Time
+	err         error // from the handler
+	panicked    any   // recovered panic value
 }
 
 // Header returns the attempt's own header map.
@@ -98,15 +99,22 @@ func (a *attempt) Write(p []byte) (int, error) {
 }
 
 // hasData reports whether p starts a `data:` line of an SSE stream,
-// tracking line boundaries across writes.
+// tracking line boundaries, and a `data:` prefix split, across writes.
 func (a *attempt) hasData(p []byte) bool {
+	const prefix = "data:"
 	for len(p) > 0 {
-		if a.atLineHead && bytes.HasPrefix(p, []byte("data:")) {
-			return true
-		}
-		if a.atLineHead && len(p) < len("data:") && bytes.HasPrefix([]byte("data:"), p) {
-			// A line head split across writes: decide on the next write.
-			return false
+		if a.atLineHead {
+			// a.headMatched bytes of the prefix began this line in earlier
+			// writes; match the rest.
+			n := min(len(prefix)-a.headMatched, len(p))
+			if string(p[:n]) == prefix[a.headMatched:a.headMatched+n] {
+				if a.headMatched+n == len(prefix) {
+					return true
+				}
+				a.headMatched += n // p ends within the prefix
+				return false
+			}
+			a.headMatched = 0
 		}
 		i := bytes.IndexByte(p, '\n')
 		if i < 0 {

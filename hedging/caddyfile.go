@@ -1,6 +1,7 @@
 package hedging
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 
@@ -57,6 +58,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			continue
 		}
+		if !slices.Contains(valueOptions, option) {
+			return d.Errf("unrecognized hedge option '%s'", option)
+		}
 		if !d.NextArg() {
 			return d.ArgErr()
 		}
@@ -104,6 +108,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	return nil
 }
+
+// valueOptions are the options that take exactly one value.
+var valueOptions = []string{"delay", "window", "min_delay", "max_delay", "budget_window",
+	"percentile", "min_samples", "max_attempts", "budget_min", "budget", "max_body_size"}
 
 func parseDuration(s string, into *caddy.Duration) error {
 	d, err := caddy.ParseDuration(s)

@@ -180,6 +180,12 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("budget: must be within 0-1 (a fraction of requests), got %v", h.Budget)
 	case h.BudgetMin < 0:
 		return fmt.Errorf("budget_min: must not be negative")
+	case h.Window < 0:
+		return fmt.Errorf("window: must not be negative")
+	case h.BudgetWindow < 0:
+		return fmt.Errorf("budget_window: must not be negative")
+	case h.MinSamples < 0:
+		return fmt.Errorf("min_samples: must not be negative")
 	case h.MaxBodySize < 0:
 		return fmt.Errorf("max_body_size: must not be negative")
 	}
@@ -245,8 +251,11 @@ func (h *Handler) serveRace(w http.ResponseWriter, r *http.Request, req *selecti
 		ar.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(req.Body)), nil }
 		a.repl = repl
 		go func() {
-			defer close(a.done)
-			defer func() { a.panicked = recover(); finished <- a }()
+			defer func() {
+				a.panicked = recover()
+				close(a.done) // before reporting, so a winner sees it ended
+				finished <- a
+			}()
 			a.err = next.ServeHTTP(a, ar)
 		}()
 	}
@@ -266,7 +275,7 @@ func (h *Handler) serveRace(w http.ResponseWriter, r *http.Request, req *selecti
 	for running > 0 {
 		select {
 		case <-timer.C:
-			if h.canStart(rc) {
+			if h.canStart(r, rc) {
 				if h.budget.take(time.Now()) {
 					start(time.Now())
 					running++
@@ -292,7 +301,7 @@ func (h *Handler) serveRace(w http.ResponseWriter, r *http.Request, req *selecti
 				continue // a loser, cancelled
 			}
 			lastFailed = a
-			if h.canStart(rc) {
+			if h.canStart(r, rc) {
 				if h.budget.take(time.Now()) {
 					start(time.Now())
 					running++
@@ -326,8 +335,12 @@ func (h *Handler) serveRace(w http.ResponseWriter, r *http.Request, req *selecti
 	return winner.err
 }
 
-// canStart reports whether another attempt may start.
-func (h *Handler) canStart(rc *race) bool {
+// canStart reports whether another attempt may start: not once the client
+// has gone (its cancelled attempts end like failures).
+func (h *Handler) canStart(r *http.Request, rc *race) bool {
+	if r.Context().Err() != nil {
+		return false
+	}
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	return rc.winner == nil && len(rc.attempts) < h.MaxAttempts
