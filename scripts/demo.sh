@@ -4,7 +4,7 @@
 # stops everything (the nodes deregister on the way out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-redis.sh
+scripts/ensure-deps.sh redis-server redis-cli curl
 
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 if ! redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then

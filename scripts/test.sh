@@ -4,7 +4,7 @@
 # was skipped: caddytest skips silently when its Caddy cannot start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-redis.sh
+scripts/ensure-deps.sh redis-server node npm curl bash
 
 test -z "$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 go vet ./...
