@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	_ "github.com/ai-lb/ai-lb/cli"
 	"github.com/ai-lb/ai-lb/gateway"
@@ -33,9 +34,9 @@ func init() {
 	caddy.RegisterModule(selection.P2C{})
 
 	httpcaddyfile.RegisterGlobalOption("ai_lb", parseGlobalOption)
-	httpcaddyfile.RegisterHandlerDirective("ai_lb", gateway.ParseCaddyfile)
+	httpcaddyfile.RegisterHandlerDirective("ai_lb", handlerDirective[gateway.Handler])
 	httpcaddyfile.RegisterDirectiveOrder("ai_lb", httpcaddyfile.After, "metrics")
-	httpcaddyfile.RegisterHandlerDirective("hedge", hedging.ParseCaddyfile)
+	httpcaddyfile.RegisterHandlerDirective("hedge", handlerDirective[hedging.Handler])
 	httpcaddyfile.RegisterDirectiveOrder("hedge", httpcaddyfile.Before, "reverse_proxy")
 }
 
@@ -46,4 +47,16 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 		return nil, err
 	}
 	return httpcaddyfile.App{Name: "ai_lb", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// handlerDirective sets up a handler from its directive with the handler's
+// own UnmarshalCaddyfile.
+func handlerDirective[T any, PT interface {
+	*T
+	caddyhttp.MiddlewareHandler
+	caddyfile.Unmarshaler
+}](h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := PT(new(T))
+	err := handler.UnmarshalCaddyfile(h.Dispenser)
+	return handler, err
 }

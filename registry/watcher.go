@@ -34,8 +34,8 @@ type Watcher struct {
 	snap      atomic.Pointer[Snapshot]
 	firstRead chan struct{} // closed after the first full read, done or failed
 	resync    chan struct{}
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 
 	mu        sync.Mutex
 	nodes     map[string]*tracked
