@@ -228,7 +228,20 @@ func (h *Handler) serveRace(w http.ResponseWriter, r *http.Request, req *selecti
 	origRepl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	origVars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
 
-	start := func(now time.Time) {
+	// start starts an attempt unless the race is decided, the client is
+	// gone, or (for extra attempts) the attempts or the budget are spent.
+	// The check and the append are one critical section with claim, so an
+	// attempt is never started just after a win without being cancelled.
+	start := func(now time.Time) bool {
+		rc.mu.Lock()
+		defer rc.mu.Unlock()
+		if rc.winner != nil || len(rc.attempts) >= h.MaxAttempts || r.Context().Err() != nil {
+			return false
+		}
+		if len(rc.attempts) > 0 && !h.budget.take(now) {
+			h.metrics.budgetRefusals.Inc()
+			return false
+		}
 		ctx, cancel := context.WithCancel(r.Context())
 		a := &attempt{race: rc, index: len(rc.attempts) + 1, start: now, cancel: cancel,
 			done: make(chan struct{}), header: make(http.Header)}
@@ -244,9 +257,7 @@ func (h *Handler) serveRace(w http.ResponseWriter, r *http.Request, req *selecti
 		ar := r.Clone(ctx)
 		ar.Body = io.NopCloser(bytes.NewReader(req.Body))
 		ar.ContentLength = int64(len(req.Body))
-		rc.mu.Lock()
 		rc.attempts = append(rc.attempts, a)
-		rc.mu.Unlock()
 		h.metrics.attempts.WithLabelValues(role(a.index)).Inc()
 		ar.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(req.Body)), nil }
 		a.repl = repl
@@ -258,10 +269,13 @@ func (h *Handler) serveRace(w http.ResponseWriter, r *http.Request, req *selecti
 			}()
 			a.err = next.ServeHTTP(a, ar)
 		}()
+		return true
 	}
 
 	now := time.Now()
-	start(now)
+	if !start(now) {
+		return nil // the client left before the first attempt
+	}
 	delay, hedging := h.delay(req.Model, now)
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
@@ -275,16 +289,9 @@ func (h *Handler) serveRace(w http.ResponseWriter, r *http.Request, req *selecti
 	for running > 0 {
 		select {
 		case <-timer.C:
-			if h.canStart(r, rc) {
-				if h.budget.take(time.Now()) {
-					start(time.Now())
-					running++
-					if len(rc.attempts) < h.MaxAttempts {
-						timer.Reset(delay)
-					}
-				} else {
-					h.metrics.budgetRefusals.Inc()
-				}
+			if start(time.Now()) {
+				running++
+				timer.Reset(delay) // the next hedge, if max_attempts allows
 			}
 		case a := <-finished:
 			running--
@@ -301,13 +308,8 @@ func (h *Handler) serveRace(w http.ResponseWriter, r *http.Request, req *selecti
 				continue // a loser, cancelled
 			}
 			lastFailed = a
-			if h.canStart(r, rc) {
-				if h.budget.take(time.Now()) {
-					start(time.Now())
-					running++
-				} else {
-					h.metrics.budgetRefusals.Inc()
-				}
+			if start(time.Now()) {
+				running++
 			}
 		case <-clientGone:
 			clientGone = nil
@@ -333,17 +335,6 @@ func (h *Handler) serveRace(w http.ResponseWriter, r *http.Request, req *selecti
 		panic(winner.panicked) // e.g. http.ErrAbortHandler: the stream broke
 	}
 	return winner.err
-}
-
-// canStart reports whether another attempt may start: not once the client
-// has gone (its cancelled attempts end like failures).
-func (h *Handler) canStart(r *http.Request, rc *race) bool {
-	if r.Context().Err() != nil {
-		return false
-	}
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	return rc.winner == nil && len(rc.attempts) < h.MaxAttempts
 }
 
 func (h *Handler) isWinner(rc *race, a *attempt) bool {
