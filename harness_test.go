@@ -223,3 +223,17 @@ func ourGoroutines() []string {
 	}
 	return ours
 }
+
+// unloadAndRequireNoGoroutines loads an empty config and waits until no
+// goroutine of ours is left.
+func unloadAndRequireNoGoroutines(t *testing.T) {
+	t.Helper()
+	caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort}).
+		InitServer(fmt.Sprintf(`{"admin":{"listen":"localhost:%d"}}`, adminPort), "json")
+	eventually(t, 10*time.Second, func() error {
+		if g := ourGoroutines(); len(g) > 0 {
+			return fmt.Errorf("%d goroutines left, first:\n%s", len(g), g[0])
+		}
+		return nil
+	})
+}

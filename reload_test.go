@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ai-lb/ai-lb/simnode"
@@ -60,12 +59,5 @@ func TestReloadKeepsRoutingWithOneWatcher(t *testing.T) {
 	})
 
 	// Unloading every config leaves no goroutine of ours behind.
-	caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort}).
-		InitServer(fmt.Sprintf(`{"admin":{"listen":"localhost:%d"}}`, adminPort), "json")
-	eventually(t, 10*time.Second, func() error {
-		if g := ourGoroutines(); len(g) > 0 {
-			return fmt.Errorf("%d goroutines left, first:\n%s", len(g), g[0])
-		}
-		return nil
-	})
+	unloadAndRequireNoGoroutines(t)
 }

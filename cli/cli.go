@@ -91,6 +91,17 @@ func nodeFromFlags(ctx context.Context, fs *pflag.FlagSet, nodeURL string) (regi
 	return n, n.Validate()
 }
 
+// nodeAndRegistry builds the node the flags describe and opens the
+// registry it goes to.
+func nodeAndRegistry(ctx context.Context, fs *pflag.FlagSet, nodeURL string) (registry.Node, *registry.Client, error) {
+	node, err := nodeFromFlags(ctx, fs, nodeURL)
+	if err != nil {
+		return node, nil, err
+	}
+	client, err := openRegistry(fs)
+	return node, client, err
+}
+
 // fetchModels reads a node's /v1/models.
 func fetchModels(ctx context.Context, nodeURL string) ([]string, error) {
 	u, err := url.Parse(nodeURL)
@@ -161,11 +172,7 @@ it registers (one heartbeat) and exits.
 			}
 			ctx, stop := signalContext()
 			defer stop()
-			node, err := nodeFromFlags(ctx, fs, nodeURL)
-			if err != nil {
-				return err
-			}
-			client, err := openRegistry(fs)
+			node, client, err := nodeAndRegistry(ctx, fs, nodeURL)
 			if err != nil {
 				return err
 			}

@@ -54,11 +54,7 @@ until it is stopped, then deregisters.
 				}
 				// --id and --models are the simulator's own flags, so the
 				// registered node matches what it serves.
-				regNode, err := nodeFromFlags(ctx, fs, advertise)
-				if err != nil {
-					return err
-				}
-				client, err := openRegistry(fs)
+				regNode, client, err := nodeAndRegistry(ctx, fs, advertise)
 				if err != nil {
 					return err
 				}
