@@ -24,51 +24,104 @@ var (
 	ErrModelNotText  = errors.New("'model' must be a string")
 )
 
+// maxDepth is encoding/json's maximum nesting depth: a document with
+// maxDepth nested arrays and objects is valid, one more is not.
+const maxDepth = 10000
+
 // ParseBody validates a JSON request body and reads its top-level "model"
 // and "stream" without decoding the rest of the document.
+//
+// It is a single pass that accepts exactly what encoding/json.Valid accepts
+// (invalid UTF-8 inside strings included, as encoding/json does) while it
+// picks the two fields out of the top-level object. Validation always runs
+// to the end, so a malformed document is ErrMalformedJSON whatever else is
+// wrong with it.
 func ParseBody(body []byte) (BodyFields, error) {
 	var f BodyFields
-	if !json.Valid(body) {
+	var objects bitStack // on the stack: scanValue does not keep it
+	i := skipSpace(body, 0)
+	if i >= len(body) {
 		return f, ErrMalformedJSON
 	}
-	i := skipSpace(body, 0)
 	if body[i] != '{' {
+		end, ok := scanValue(body, i, 0, &objects)
+		if !ok || skipSpace(body, end) != len(body) {
+			return f, ErrMalformedJSON
+		}
 		return f, ErrNotObject
 	}
-	i++
-	for {
-		i = skipSpace(body, i)
-		if body[i] == '}' {
-			return f, nil
-		}
-		if body[i] == ',' {
+
+	var modelErr error // the first non-string "model", reported once the document is known valid
+	var modelVal []byte
+	i = skipSpace(body, i+1)
+	if i < len(body) && body[i] == '}' {
+		i++
+	} else {
+		for {
+			// key
+			if i >= len(body) || body[i] != '"' {
+				return BodyFields{}, ErrMalformedJSON
+			}
+			keyEnd, escaped, ok := scanString(body, i)
+			if !ok {
+				return BodyFields{}, ErrMalformedJSON
+			}
+			key := body[i:keyEnd]
+			i = skipSpace(body, keyEnd)
+			if i >= len(body) || body[i] != ':' {
+				return BodyFields{}, ErrMalformedJSON
+			}
+			i = skipSpace(body, i+1)
+			valEnd, ok := scanValue(body, i, 1, &objects)
+			if !ok {
+				return BodyFields{}, ErrMalformedJSON
+			}
+			if modelErr == nil {
+				val := body[i:valEnd]
+				switch {
+				case keyIs(key, escaped, "model"):
+					if val[0] != '"' {
+						modelErr = ErrModelNotText
+					} else {
+						modelVal = val
+					}
+				case keyIs(key, escaped, "stream"):
+					f.Stream = len(val) == 4 && string(val) == "true"
+				}
+			}
+			i = skipSpace(body, valEnd)
+			if i >= len(body) {
+				return BodyFields{}, ErrMalformedJSON
+			}
+			if body[i] == '}' {
+				i++
+				break
+			}
+			if body[i] != ',' {
+				return BodyFields{}, ErrMalformedJSON
+			}
 			i = skipSpace(body, i+1)
 		}
-		keyEnd := skipString(body, i)
-		key := body[i:keyEnd]
-		i = skipSpace(body, keyEnd)
-		i = skipSpace(body, i+1) // the colon
-		valEnd := skipValue(body, i)
-		val := body[i:valEnd]
-		switch {
-		case isKey(key, "model"):
-			if val[0] != '"' {
-				return f, ErrModelNotText
-			}
-			f.Model, f.HasModel = unquote(val), true
-		case isKey(key, "stream"):
-			f.Stream = bytes.Equal(val, []byte("true"))
-		}
-		i = valEnd
 	}
+	if skipSpace(body, i) != len(body) {
+		return BodyFields{}, ErrMalformedJSON
+	}
+	if modelErr != nil {
+		return BodyFields{}, modelErr
+	}
+	if modelVal != nil {
+		f.Model, f.HasModel = unquote(modelVal), true
+	}
+	return f, nil
 }
 
-// isKey compares a raw JSON string token with name, escapes included.
-func isKey(raw []byte, name string) bool {
-	if len(raw) == len(name)+2 && string(raw[1:len(raw)-1]) == name {
-		return true
+// keyIs compares a raw JSON string token with name; escaped reports whether
+// the token holds a backslash.
+func keyIs(raw []byte, escaped bool, name string) bool {
+	if !escaped {
+		return len(raw) == len(name)+2 && string(raw[1:len(raw)-1]) == name
 	}
-	return bytes.IndexByte(raw, '\\') >= 0 && unquote(raw) == name
+	return unquote(raw) == name
 }
 
 // unquote decodes a valid JSON string token. Invalid UTF-8 becomes U+FFFD,
@@ -82,52 +135,240 @@ func unquote(raw []byte) string {
 	return s
 }
 
+// Byte classes.
+const (
+	clsPlain = 1 << iota // a string byte that needs no attention: not '"', '\\' or < 0x20
+	clsSpace             // JSON whitespace
+	clsHex               // a hexadecimal digit
+)
+
+var class = func() (t [256]uint8) {
+	for c := 0x20; c < 256; c++ {
+		if c != '"' && c != '\\' {
+			t[c] |= clsPlain
+		}
+	}
+	for _, c := range []byte{' ', '\t', '\n', '\r'} {
+		t[c] |= clsSpace
+	}
+	for _, c := range []byte("0123456789abcdefABCDEF") {
+		t[c] |= clsHex
+	}
+	return t
+}()
+
 func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+	for i < len(b) && class[b[i]]&clsSpace != 0 {
 		i++
 	}
 	return i
 }
 
-// skipString returns the index after the string token starting at i.
-func skipString(b []byte, i int) int {
-	for i++; i < len(b); i++ {
-		switch b[i] {
-		case '\\':
+// scanString validates the string token starting with the quote at b[i].
+// It returns the index after the closing quote and whether the token holds
+// an escape.
+func scanString(b []byte, i int) (end int, escaped, ok bool) {
+	i++
+	for {
+		// Skip ordinary bytes, four at a time while there is room.
+		for i+4 <= len(b) {
+			if class[b[i]]&class[b[i+1]]&class[b[i+2]]&class[b[i+3]]&clsPlain == 0 {
+				break
+			}
+			i += 4
+		}
+		for i < len(b) && class[b[i]]&clsPlain != 0 {
 			i++
+		}
+		if i >= len(b) {
+			return i, escaped, false
+		}
+		switch b[i] {
 		case '"':
-			return i + 1
+			return i + 1, escaped, true
+		case '\\':
+			escaped = true
+			i++
+			if i >= len(b) {
+				return i, escaped, false
+			}
+			switch b[i] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i++
+			case 'u':
+				if i+5 > len(b) ||
+					class[b[i+1]]&class[b[i+2]]&class[b[i+3]]&class[b[i+4]]&clsHex == 0 {
+					return i, escaped, false
+				}
+				i += 5
+			default:
+				return i, escaped, false
+			}
+		default: // a control character
+			return i, escaped, false
 		}
 	}
-	return i
 }
 
-// skipValue returns the index after the (valid) JSON value starting at i.
-func skipValue(b []byte, i int) int {
-	switch b[i] {
-	case '"':
-		return skipString(b, i)
-	case '{', '[':
-		depth := 0
-		for ; i < len(b); i++ {
-			switch b[i] {
-			case '"':
-				i = skipString(b, i) - 1
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return i + 1
-				}
-			}
+// scanNumber validates the number starting at b[i] (a '-' or a digit) and
+// returns the index after it. What follows is checked by the caller.
+func scanNumber(b []byte, i int) (int, bool) {
+	if b[i] == '-' {
+		i++
+		if i >= len(b) {
+			return i, false
 		}
-		return i
-	default: // number or literal
-		for i < len(b) && b[i] != ',' && b[i] != '}' && b[i] != ']' && b[i] != ' ' &&
-			b[i] != '\n' && b[i] != '\t' && b[i] != '\r' {
+	}
+	switch {
+	case b[i] == '0':
+		i++
+	case '1' <= b[i] && b[i] <= '9':
+		i++
+		for i < len(b) && '0' <= b[i] && b[i] <= '9' {
 			i++
 		}
-		return i
+	default:
+		return i, false
 	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if i >= len(b) || b[i] < '0' || b[i] > '9' {
+			return i, false
+		}
+		for i < len(b) && '0' <= b[i] && b[i] <= '9' {
+			i++
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if i >= len(b) || b[i] < '0' || b[i] > '9' {
+			return i, false
+		}
+		for i < len(b) && '0' <= b[i] && b[i] <= '9' {
+			i++
+		}
+	}
+	return i, true
+}
+
+// bitStack records, for each open container depth, whether it is an object.
+type bitStack [maxDepth/64 + 1]uint64
+
+// scanValue validates the JSON value starting at b[i] (no leading space),
+// nested depth containers deep, and returns the index after it. It is
+// iterative: open containers are kept in a bit stack (1 for an object).
+func scanValue(b []byte, i int, depth int, objects *bitStack) (int, bool) {
+	base := depth
+	for {
+		// A value is expected at b[i].
+		if i >= len(b) {
+			return i, false
+		}
+		var ok bool
+		switch c := b[i]; c {
+		case '"':
+			i, _, ok = scanString(b, i)
+			if !ok {
+				return i, false
+			}
+		case '{', '[':
+			depth++
+			if depth > maxDepth {
+				return i, false
+			}
+			w, bit := uint(depth)/64, uint64(1)<<(uint(depth)%64)
+			i = skipSpace(b, i+1)
+			if i >= len(b) {
+				return i, false
+			}
+			if c == '[' {
+				objects[w] &^= bit
+				if b[i] == ']' {
+					i++
+					depth--
+					break
+				}
+				continue // the first element
+			}
+			objects[w] |= bit
+			if b[i] == '}' {
+				i++
+				depth--
+				break
+			}
+			if i, ok = scanKey(b, i); !ok {
+				return i, false
+			}
+			continue // the first member's value
+		case '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+			if i, ok = scanNumber(b, i); !ok {
+				return i, false
+			}
+		case 't':
+			if len(b)-i < 4 || string(b[i:i+4]) != "true" {
+				return i, false
+			}
+			i += 4
+		case 'f':
+			if len(b)-i < 5 || string(b[i:i+5]) != "false" {
+				return i, false
+			}
+			i += 5
+		case 'n':
+			if len(b)-i < 4 || string(b[i:i+4]) != "null" {
+				return i, false
+			}
+			i += 4
+		default:
+			return i, false
+		}
+
+		// A value ended at b[i]: close containers until one continues.
+		for {
+			if depth == base {
+				return i, true
+			}
+			i = skipSpace(b, i)
+			if i >= len(b) {
+				return i, false
+			}
+			inObject := objects[uint(depth)/64]&(uint64(1)<<(uint(depth)%64)) != 0
+			c := b[i]
+			if c == ',' {
+				i = skipSpace(b, i+1)
+				if inObject {
+					if i, ok = scanKey(b, i); !ok {
+						return i, false
+					}
+				}
+				break
+			}
+			if inObject && c == '}' || !inObject && c == ']' {
+				i++
+				depth--
+				continue
+			}
+			return i, false
+		}
+	}
+}
+
+// scanKey validates `"key" :` at b[i] and returns the index of the value
+// after it, spaces skipped.
+func scanKey(b []byte, i int) (int, bool) {
+	if i >= len(b) || b[i] != '"' {
+		return i, false
+	}
+	i, _, ok := scanString(b, i)
+	if !ok {
+		return i, false
+	}
+	i = skipSpace(b, i)
+	if i >= len(b) || b[i] != ':' {
+		return i, false
+	}
+	return skipSpace(b, i+1), true
 }

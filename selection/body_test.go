@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -65,6 +66,71 @@ func TestParseBody(t *testing.T) {
 		{"bad escape", `{"model":"\x"}`, BodyFields{}, ErrMalformedJSON},
 		{"control char", "{\"model\":\"a\x01\"}", BodyFields{}, ErrMalformedJSON},
 		{"bom", "\xef\xbb\xbf{}", BodyFields{}, ErrMalformedJSON},
+
+		// Numbers.
+		{"number leading zero", `{"n":01}`, BodyFields{}, ErrMalformedJSON},
+		{"number trailing dot", `{"n":1.}`, BodyFields{}, ErrMalformedJSON},
+		{"number lone minus", `{"n":-}`, BodyFields{}, ErrMalformedJSON},
+		{"number minus then dot", `{"n":-.5}`, BodyFields{}, ErrMalformedJSON},
+		{"number empty exponent", `{"n":1e}`, BodyFields{}, ErrMalformedJSON},
+		{"number signed empty exponent", `{"n":1e+}`, BodyFields{}, ErrMalformedJSON},
+		{"number leading dot", `{"n":.5}`, BodyFields{}, ErrMalformedJSON},
+		{"number plus", `{"n":+1}`, BodyFields{}, ErrMalformedJSON},
+		{"number hex", `{"n":0x1}`, BodyFields{}, ErrMalformedJSON},
+		{"number at end", `1.`, BodyFields{}, ErrMalformedJSON},
+		{"number minus at end", `-`, BodyFields{}, ErrMalformedJSON},
+		{"numbers valid", `{"a":0,"b":-0,"c":10.25,"d":1E5,"e":-1e-07,"f":0.0e+0,"model":"m"}`, BodyFields{Model: "m", HasModel: true}, nil},
+		{"top-level number", `-0.5e3`, BodyFields{}, ErrNotObject},
+		{"huge numbers", `{"a":1e400,"stream":-1e999,"b":` + strings.Repeat("5", 400) + `,"model":"m"}`, BodyFields{Model: "m", HasModel: true}, nil},
+		{"huge top-level number", strings.Repeat("5", 400), BodyFields{}, ErrNotObject},
+		// Literals.
+		{"literal truncated", `{"stream":tru}`, BodyFields{}, ErrMalformedJSON},
+		{"literal trailing", `{"stream":truex}`, BodyFields{}, ErrMalformedJSON},
+		{"literal case", `{"stream":True}`, BodyFields{}, ErrMalformedJSON},
+		{"literal nul", `[nul]`, BodyFields{}, ErrMalformedJSON},
+		{"literal at end", `fals`, BodyFields{}, ErrMalformedJSON},
+		// Strings.
+		{"escape x", `{"a":"\x41"}`, BodyFields{}, ErrMalformedJSON},
+		{"escape short u", `{"a":"\u12"}`, BodyFields{}, ErrMalformedJSON},
+		{"escape bad hex", `{"a":"\u12g4"}`, BodyFields{}, ErrMalformedJSON},
+		{"escape at end", `{"a":"\`, BodyFields{}, ErrMalformedJSON},
+		{"escape u at end", `{"a":"\u00`, BodyFields{}, ErrMalformedJSON},
+		{"escape in key", `{"\q":1}`, BodyFields{}, ErrMalformedJSON},
+		{"escapes valid", `{"a":"\"\\\/\b\f\n\r\t\u00aF","model":"m"}`, BodyFields{Model: "m", HasModel: true}, nil},
+		{"raw newline", "{\"a\":\"x\ny\"}", BodyFields{}, ErrMalformedJSON},
+		{"raw tab", "{\"a\":\"x\ty\"}", BodyFields{}, ErrMalformedJSON},
+		{"raw nul", "{\"a\":\"\x00\"}", BodyFields{}, ErrMalformedJSON},
+		{"raw 0x1f in key", "{\"\x1f\":1}", BodyFields{}, ErrMalformedJSON},
+		{"raw del", "{\"model\":\"\x7f\"}", BodyFields{Model: "\x7f", HasModel: true}, nil},
+		{"unterminated string", `{"model":"m`, BodyFields{}, ErrMalformedJSON},
+		{"lone high surrogate", `{"model":"\ud800"}`, BodyFields{Model: "\ufffd", HasModel: true}, nil},
+		{"lone low surrogate", `{"model":"\udc00x"}`, BodyFields{Model: "\ufffdx", HasModel: true}, nil},
+		{"surrogate pair", `{"model":"\ud83d\ude00"}`, BodyFields{Model: "\U0001F600", HasModel: true}, nil},
+		{"invalid utf-8 elsewhere", "{\"a\":\"\xff\xfe\",\"\xc0\":1,\"model\":\"m\"}", BodyFields{Model: "m", HasModel: true}, nil},
+		// Structure.
+		{"trailing garbage after array", `[1] 2`, BodyFields{}, ErrMalformedJSON},
+		{"trailing garbage after string", `"a"b`, BodyFields{}, ErrMalformedJSON},
+		{"trailing nul", "{}\x00", BodyFields{}, ErrMalformedJSON},
+		{"trailing space", "{} \t\r\n", BodyFields{}, nil},
+		{"non-json space", "{\f}", BodyFields{}, ErrMalformedJSON},
+		{"non-json space before", "\v{}", BodyFields{}, ErrMalformedJSON},
+		{"missing colon", `{"model" "m"}`, BodyFields{}, ErrMalformedJSON},
+		{"missing value", `{"model":}`, BodyFields{}, ErrMalformedJSON},
+		{"missing comma", `{"a":1 "model":"m"}`, BodyFields{}, ErrMalformedJSON},
+		{"leading comma", `{,"model":"m"}`, BodyFields{}, ErrMalformedJSON},
+		{"array trailing comma", `{"a":[1,]}`, BodyFields{}, ErrMalformedJSON},
+		{"array leading comma", `{"a":[,1]}`, BodyFields{}, ErrMalformedJSON},
+		{"mismatched close", `{"a":[1}}`, BodyFields{}, ErrMalformedJSON},
+		{"mismatched close object", `{"a":{"b":1]}`, BodyFields{}, ErrMalformedJSON},
+		{"nested key not string", `{"a":{1:2}}`, BodyFields{}, ErrMalformedJSON},
+		{"unclosed nested", `{"a":[{"b":1}`, BodyFields{}, ErrMalformedJSON},
+		{"lone open", `{`, BodyFields{}, ErrMalformedJSON},
+		{"lone close", `}`, BodyFields{}, ErrMalformedJSON},
+		{"unclosed top-level array", `[1,2`, BodyFields{}, ErrMalformedJSON},
+		{"invalid after bad model", `{"model":1,"a":}`, BodyFields{}, ErrMalformedJSON},
+		{"bad model then good", `{"model":1,"model":"m"}`, BodyFields{}, ErrModelNotText},
+		{"good model then bad", `{"model":"m","model":false}`, BodyFields{}, ErrModelNotText},
+		{"empty containers", `{"a":{},"b":[],"c":[{}, [ ] ,{ }],"model":"m"}`, BodyFields{Model: "m", HasModel: true}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -79,6 +145,109 @@ func TestParseBody(t *testing.T) {
 	}
 }
 
+func TestParseBodyDepth(t *testing.T) {
+	nest := func(depth int, open, close, inner string) []byte {
+		return []byte(strings.Repeat(open, depth-1) + inner + strings.Repeat(close, depth-1))
+	}
+	for _, tt := range []struct {
+		name    string
+		body    []byte
+		wantErr error
+	}{
+		// The top-level object counts as one level, as in encoding/json.
+		{"objects 10000", nest(maxDepth, `{"a":`, `}`, `{}`), nil},
+		{"objects 10001", nest(maxDepth+1, `{"a":`, `}`, `{}`), ErrMalformedJSON},
+		{"arrays 10000", []byte(`{"a":` + string(nest(maxDepth-1, `[`, `]`, `[]`)) + `,"model":"m"}`), nil},
+		{"arrays 10001", []byte(`{"a":` + string(nest(maxDepth, `[`, `]`, `[]`)) + `,"model":"m"}`), ErrMalformedJSON},
+		{"top-level arrays 10000", nest(maxDepth, `[`, `]`, `[]`), ErrNotObject},
+		{"top-level arrays 10001", nest(maxDepth+1, `[`, `]`, `[]`), ErrMalformedJSON},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			require.Equal(t, tt.wantErr == nil || tt.wantErr == ErrNotObject, json.Valid(tt.body), "encoding/json disagrees with the test")
+			_, err := ParseBody(tt.body)
+			require.ErrorIs(t, err, tt.wantErr)
+			if tt.wantErr == nil {
+				require.NoError(t, err)
+			}
+		})
+	}
+	// Alternating arrays and objects around both sides of the limit.
+	for _, depth := range []int{maxDepth - 1, maxDepth, maxDepth + 1, maxDepth + 2} {
+		var b strings.Builder
+		b.WriteString(`{"k":`)
+		for d := 2; d <= depth; d++ {
+			if d%2 == 0 {
+				b.WriteString(`[1,`)
+			} else {
+				b.WriteString(`{"x":`)
+			}
+		}
+		b.WriteString(`0`)
+		for d := depth; d >= 2; d-- {
+			if d%2 == 0 {
+				b.WriteString(`]`)
+			} else {
+				b.WriteString(`}`)
+			}
+		}
+		b.WriteString(`,"model":"m"}`)
+		body := []byte(b.String())
+		got, err := ParseBody(body)
+		want, wantErr := oracle(body)
+		require.Equal(t, wantErr, err, "depth %d", depth)
+		require.Equal(t, want, got, "depth %d", depth)
+		require.Equal(t, depth <= maxDepth, err == nil, "depth %d", depth)
+	}
+}
+
+// TestParseBodyGrammar checks validity against encoding/json.Valid for
+// every short value built from a set of fragments, inside a member value and
+// at the top level.
+func TestParseBodyGrammar(t *testing.T) {
+	frags := []string{"", "0", "1", "9", "-", "+", ".", "e", "E", "x", "0.", "1.5", "01", "-0", "1e5", "1e+", "1E-2",
+		"t", "true", "false", "null", "nul", "\"", "\"\"", "\"a\"", "\\", "\\u", "\\u00e9", "\\uD800", "\\/", "\\x",
+		"\x01", "\x1f", "\x7f", "\xff", " ", "\t", "\n", "\r", "\f", "\v", ",", ":", "[", "]", "{", "}", "[]", "{}", "\"k\":"}
+	check := func(body []byte) {
+		t.Helper()
+		_, err := ParseBody(body)
+		if json.Valid(body) == (err == ErrMalformedJSON) {
+			t.Fatalf("ParseBody(%q) = %v; json.Valid = %v", body, err, json.Valid(body))
+		}
+	}
+	for _, a := range frags {
+		for _, b := range frags {
+			for _, c := range frags {
+				v := a + b + c
+				check([]byte(v))
+				check([]byte(`{"a":` + v + `}`))
+				check([]byte(`{"a":[` + v + `]}`))
+				check([]byte(`{"a":"` + v + `"}`))
+				check([]byte(`{"a":{` + v + `}}`))
+			}
+		}
+	}
+}
+
+// TestParseBodyMutations compares ParseBody with the oracle on random
+// single-byte edits of a realistic body.
+func TestParseBodyMutations(t *testing.T) {
+	base := []byte(chatBody(0))
+	alphabet := []byte("{}[]\",:\\/0123456789.-+eEtfnulrsabu \t\n\r\x00\x1f\x7f\xff")
+	rng := rand.New(rand.NewPCG(1, 2))
+	body := make([]byte, len(base))
+	for range 1000 {
+		copy(body, base)
+		for range 1 + rng.IntN(3) {
+			body[rng.IntN(len(body))] = alphabet[rng.IntN(len(alphabet))]
+		}
+		got, err := ParseBody(body)
+		want, wantErr := oracle(body)
+		if err != wantErr || got != want {
+			t.Fatalf("ParseBody(%q) = %#v, %v; want %#v, %v", body, got, err, want, wantErr)
+		}
+	}
+}
+
 // oracle parses body with encoding/json's tokenizer: the top-level keys are
 // matched exactly (as the inference servers behind ai-lb do), the last
 // duplicate wins, model must be a string, and stream is true only when its
@@ -89,6 +258,7 @@ func oracle(body []byte) (BodyFields, error) {
 		return f, ErrMalformedJSON
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber() // numbers beyond float64 are valid JSON
 	tok, err := dec.Token()
 	if err != nil {
 		panic(err) // valid JSON
@@ -118,13 +288,21 @@ func oracle(body []byte) (BodyFields, error) {
 			f.Model, f.HasModel = s, true
 		case "stream":
 			var v any
-			if err := json.Unmarshal(raw, &v); err != nil {
+			if err := decodeNumbers(raw, &v); err != nil {
 				panic(err)
 			}
 			f.Stream = v == true
 		}
 	}
 	return f, nil
+}
+
+// decodeNumbers is json.Unmarshal keeping numbers as json.Number, so that
+// valid numbers beyond float64 (1e400) do not fail.
+func decodeNumbers(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	return dec.Decode(v)
 }
 
 // FuzzParseBody checks ParseBody against encoding/json.
@@ -171,7 +349,7 @@ func FuzzParseBody(f *testing.F) {
 			Stream any     `json:"stream"`
 		}
 		if !foldsToField(body) {
-			if err := json.Unmarshal(body, &s); err != nil {
+			if err := decodeNumbers(body, &s); err != nil {
 				t.Fatalf("ParseBody(%q) succeeded but encoding/json failed: %v", body, err)
 			}
 			if (s.Model != nil) != got.HasModel || (s.Model != nil && *s.Model != got.Model) || (s.Stream == true) != got.Stream {
