@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"slices"
 	"sort"
 	"time"
 )
@@ -44,13 +45,17 @@ func newSnapshot(members []*Member, dormantModels map[string]bool, synced bool, 
 	}
 	for _, m := range members {
 		s.byID[m.ID] = m
-		if _, dup := s.byDial[m.Dial]; dup {
-			continue // two IDs for one address: route to it once
+		_, dup := s.byDial[m.Dial]
+		if !dup {
+			s.byDial[m.Dial] = m
 		}
-		s.byDial[m.Dial] = m
 		for _, model := range m.Models {
 			if len(s.byModel[model]) == 0 {
 				s.models = append(s.models, model)
+			}
+			// Two IDs for one address (rare): offer it once per model.
+			if dup && slices.ContainsFunc(s.byModel[model], func(x *Member) bool { return x.Dial == m.Dial }) {
+				continue
 			}
 			s.byModel[model] = append(s.byModel[model], m)
 		}

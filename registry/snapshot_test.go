@@ -15,8 +15,8 @@ func member(id, dial string, models ...string) *Member {
 func TestSnapshotIndexes(t *testing.T) {
 	a := member("a", "10.0.0.1:80", "llama", "qwen")
 	b := member("b", "10.0.0.2:80", "qwen", "mistral")
-	c := member("c", "10.0.0.3:80")               // serves nothing listed
-	dup := member("d-dup", "10.0.0.1:80", "qwen") // a second ID for a's address
+	c := member("c", "10.0.0.3:80")                      // serves nothing listed
+	dup := member("d-dup", "10.0.0.1:80", "qwen", "phi") // a second ID for a's address
 	s := newSnapshot([]*Member{dup, c, b, a}, map[string]bool{"sleepy": true}, true, time.Now())
 
 	require.True(t, s.Synced)
@@ -30,6 +30,7 @@ func TestSnapshotIndexes(t *testing.T) {
 		{"llama", []string{"a"}, true},
 		{"qwen", []string{"a", "b"}, true}, // a's address once, not again as d-dup
 		{"mistral", []string{"b"}, true},
+		{"phi", []string{"d-dup"}, true}, // only the second ID lists it
 		{"sleepy", nil, true},
 		{"", nil, false},
 		{"unknown", nil, false},
@@ -45,7 +46,7 @@ func TestSnapshotIndexes(t *testing.T) {
 		})
 	}
 
-	require.Equal(t, []string{"llama", "mistral", "qwen"}, s.Models())
+	require.Equal(t, []string{"llama", "mistral", "phi", "qwen"}, s.Models())
 	require.Same(t, a, s.ByDial("10.0.0.1:80"))
 	require.Same(t, b, s.ByDial("10.0.0.2:80"))
 	require.Same(t, c, s.ByDial("10.0.0.3:80"))
