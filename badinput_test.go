@@ -1,6 +1,7 @@
 package ailb
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/ai-lb/ai-lb/registry"
 	"github.com/ai-lb/ai-lb/simnode"
 )
 
@@ -159,5 +161,59 @@ func TestNoNodesAnswers503(t *testing.T) {
 	require.Equal(t, "2", resp.Header.Get("Retry-After"))
 	var body apiErrorBody
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
+	require.Equal(t, "no_nodes_available", *body.Error.Code)
+}
+
+func TestNodesAtMaxConcurrencyAnswer503(t *testing.T) {
+	c := newCluster(t)
+	busy := c.startNode("node-busy", simnode.Config{TTFT: 3 * time.Second})
+	require.NoError(t, c.client.Register(context.Background(), registry.Node{
+		ID: busy.ID, URL: busy.URL, Models: []string{"sim-model"}, MaxConcurrency: 1,
+		TTLMillis: time.Hour.Milliseconds(),
+	}))
+	port := freePort(t)
+	startCaddy(t, testCaddyfile(t, `{
+	ai_lb {
+		redis {env.REDIS_URL}
+	}
+}
+
+:8000 {
+	ai_lb
+	reverse_proxy {
+		dynamic ai_lb
+		lb_policy p2c
+	}
+}
+`, port))
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	waitNodes(t, base, 1)
+
+	// One request holds the node's only slot...
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/chat/completions",
+			strings.NewReader(`{"model":"sim-model","messages":[{"role":"user","content":"hi"}]}`))
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	eventually(t, 10*time.Second, func() error {
+		if busy.Stats().InFlight != 1 {
+			return fmt.Errorf("in flight: %d", busy.Stats().InFlight)
+		}
+		return nil
+	})
+	// ...so the next one finds no available node.
+	resp, err := http.Post(base+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"sim-model","messages":[{"role":"user","content":"hi"}]}`))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	require.Equal(t, "2", resp.Header.Get("Retry-After"))
+	var body apiErrorBody
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
+	require.Equal(t, "server_error", body.Error.Type)
 	require.Equal(t, "no_nodes_available", *body.Error.Code)
 }

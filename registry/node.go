@@ -59,16 +59,6 @@ func (n *Node) EffectiveWeight() float64 {
 	return n.Weight
 }
 
-// Serves reports whether the node lists model.
-func (n *Node) Serves(model string) bool {
-	for _, m := range n.Models {
-		if m == model {
-			return true
-		}
-	}
-	return false
-}
-
 // Dial returns the host:port that reverse_proxy dials for this node.
 func (n *Node) Dial() (string, error) {
 	u, err := url.Parse(n.URL)

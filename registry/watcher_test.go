@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -43,7 +44,9 @@ func TestWatcherFollowsEvents(t *testing.T) {
 	// A changed node replaces its member.
 	n.Models = []string{"m", "m2"}
 	require.NoError(t, e.client.Register(ctx, n))
-	waitFor(t, func() bool { return w.Snapshot().byID["n1"] != nil && w.Snapshot().byID["n1"].Serves("m2") },
+	waitFor(t, func() bool {
+		return w.Snapshot().byID["n1"] != nil && slices.Contains(w.Snapshot().byID["n1"].Models, "m2")
+	},
 		"n1's new model")
 
 	found, err := e.client.Deregister(ctx, "n1")

@@ -48,13 +48,6 @@ func (r *Request) Tried(dial string) bool {
 	return slices.Contains(r.tried, dial)
 }
 
-// TriedDials returns the addresses tried so far, in order.
-func (r *Request) TriedDials() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.tried)
-}
-
 type requestKey struct{}
 
 // varKey is where the source keeps a Request it had to make itself (no

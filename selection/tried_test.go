@@ -1,0 +1,10 @@
+package selection
+
+import "slices"
+
+// TriedDials returns the addresses tried so far, in order.
+func (r *Request) TriedDials() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.tried)
+}
