@@ -16,7 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ai-lb/ai-lb/registry"
-	"github.com/ai-lb/ai-lb/selection"
+	"github.com/ai-lb/ai-lb/request"
 )
 
 // Handler is the `ai_lb` HTTP handler, placed before `reverse_proxy`.
@@ -56,7 +56,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	if h.MaxBodySize == 0 {
-		h.MaxBodySize = selection.DefaultMaxBody
+		h.MaxBodySize = request.DefaultMaxBody
 	}
 	if h.MinNodes == 0 {
 		h.MinNodes = 1
@@ -101,14 +101,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return nil
 		}
 	}
-	req := new(selection.Request)
+	req := new(request.Info)
 	if r.Body != nil && r.Body != http.NoBody {
 		body, apiErr := h.readBody(r)
 		if apiErr != nil {
 			apiErr.write(w, 0)
 			return nil
 		}
-		fields, err := selection.ParseBody(body)
+		fields, err := request.ParseBody(body)
 		switch {
 		case err != nil && jsonEndpoints[r.URL.Path]:
 			invalidRequest(http.StatusBadRequest, "invalid_json", "", err.Error()).write(w, 0)
@@ -118,7 +118,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 				"you must provide a model parameter").write(w, 0)
 			return nil
 		case err == nil:
-			req.Model, req.Stream = fields.Model, fields.Stream
+			req.Model = fields.Model
 		}
 		// Any other body (not JSON, on a path that need not be) is routed
 		// to any live node, unchanged.
@@ -131,7 +131,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		apiErr.write(w, h.retryAfter(apiErr))
 		return nil
 	}
-	r = r.WithContext(selection.WithRequest(r.Context(), req))
+	r = r.WithContext(request.NewContext(r.Context(), req))
 	err := next.ServeHTTP(w, r)
 	if err == nil {
 		return nil

@@ -18,7 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/ai-lb/ai-lb/selection"
+	"github.com/ai-lb/ai-lb/request"
 )
 
 // Handler is the `hedge` HTTP handler. Placed between the `ai_lb` handler
@@ -194,7 +194,7 @@ func (h *Handler) Validate() error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	req := selection.FromContext(r.Context())
+	req := request.FromContext(r.Context())
 	if !h.hedgeable(r, req) {
 		return next.ServeHTTP(w, r)
 	}
@@ -203,7 +203,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 }
 
 // hedgeable reports whether a request may be sent more than once.
-func (h *Handler) hedgeable(r *http.Request, req *selection.Request) bool {
+func (h *Handler) hedgeable(r *http.Request, req *request.Info) bool {
 	return h.MaxAttempts > 1 && r.Method == http.MethodPost && req != nil && req.Body != nil &&
 		int64(len(req.Body)) <= h.MaxBodySize && slices.Contains(h.Paths, r.URL.Path)
 }
@@ -221,7 +221,7 @@ func (h *Handler) delay(model string, now time.Time) (time.Duration, bool) {
 }
 
 // serveRace runs the attempts of one hedged request.
-func (h *Handler) serveRace(w http.ResponseWriter, r *http.Request, req *selection.Request, next caddyhttp.Handler) error {
+func (h *Handler) serveRace(w http.ResponseWriter, r *http.Request, req *request.Info, next caddyhttp.Handler) error {
 	rc := &race{w: w}
 	rc.onWin = func(a *attempt) { h.won(rc, a, req.Model) }
 	finished := make(chan *attempt, h.MaxAttempts)

@@ -16,7 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
-	"github.com/ai-lb/ai-lb/selection"
+	"github.com/ai-lb/ai-lb/request"
 )
 
 // testHandler is a Handler set up as Provision would, without Caddy.
@@ -39,7 +39,7 @@ func testRequest(ctx context.Context) *http.Request {
 	repl := caddy.NewEmptyReplacer()
 	ctx = context.WithValue(ctx, caddy.ReplacerCtxKey, repl)
 	ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{})
-	ctx = selection.WithRequest(ctx, &selection.Request{Model: "m", Stream: true, Body: []byte(body)})
+	ctx = request.NewContext(ctx, &request.Info{Model: "m", Body: []byte(body)})
 	return r.WithContext(ctx)
 }
 
@@ -223,14 +223,14 @@ func TestServeNotHedgeable(t *testing.T) {
 		{"GET", func(r *http.Request) *http.Request { r.Method = http.MethodGet; return r }},
 		{"other path", func(r *http.Request) *http.Request { r.URL.Path = "/tokenize"; return r }},
 		{"body over the cap", func(r *http.Request) *http.Request {
-			return r.WithContext(selection.WithRequest(r.Context(),
-				&selection.Request{Model: "m", Body: []byte(strings.Repeat("x", 2<<10))}))
+			return r.WithContext(request.NewContext(r.Context(),
+				&request.Info{Model: "m", Body: []byte(strings.Repeat("x", 2<<10))}))
 		}},
 		{"body not buffered", func(r *http.Request) *http.Request {
-			return r.WithContext(selection.WithRequest(r.Context(), &selection.Request{Model: "m"}))
+			return r.WithContext(request.NewContext(r.Context(), &request.Info{Model: "m"}))
 		}},
 		{"no ai_lb handler", func(r *http.Request) *http.Request {
-			return r.WithContext(selection.WithRequest(r.Context(), nil))
+			return r.WithContext(request.NewContext(r.Context(), nil))
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/ai-lb/ai-lb/registry"
+	"github.com/ai-lb/ai-lb/request"
 )
 
 // P2C is the `p2c` selection policy: power of two choices. It samples two
@@ -46,7 +47,7 @@ func (p *P2C) Provision(ctx caddy.Context) error {
 
 // Select picks an upstream and records it as tried by the request.
 func (p *P2C) Select(pool reverseproxy.UpstreamPool, r *http.Request, _ http.ResponseWriter) *reverseproxy.Upstream {
-	req := requestOf(r)
+	req := request.Of(r)
 	var fresh, tried int
 	for _, u := range pool {
 		if !u.Available() {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ai-lb/ai-lb/internal/testredis"
 	"github.com/ai-lb/ai-lb/registry"
+	"github.com/ai-lb/ai-lb/request"
 )
 
 // newTestApp provisions an ai_lb app watching a fresh Redis, and returns it
@@ -71,9 +72,20 @@ func pool(dials ...string) reverseproxy.UpstreamPool {
 	return p
 }
 
-func withRequest(req *Request) *http.Request {
+func withRequest(req *request.Info) *http.Request {
 	r := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", nil)
-	return r.WithContext(WithRequest(r.Context(), req))
+	return r.WithContext(request.NewContext(r.Context(), req))
+}
+
+// triedOf returns the dials among all that req has tried.
+func triedOf(req *request.Info, all []string) []string {
+	var tried []string
+	for _, d := range all {
+		if req.Tried(d) {
+			tried = append(tried, d)
+		}
+	}
+	return tried
 }
 
 func TestP2CSelect(t *testing.T) {
@@ -82,23 +94,23 @@ func TestP2CSelect(t *testing.T) {
 	dials := []string{"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"}
 
 	t.Run("empty pool", func(t *testing.T) {
-		req := new(Request)
+		req := new(request.Info)
 		require.Nil(t, p.Select(nil, withRequest(req), nil))
 		require.Nil(t, p.Select(pool(), withRequest(req), nil))
-		require.Empty(t, req.TriedDials())
+		require.Empty(t, triedOf(req, dials))
 	})
 
 	t.Run("marks the choice tried", func(t *testing.T) {
-		req := new(Request)
+		req := new(request.Info)
 		u := p.Select(pool(dials...), withRequest(req), nil)
 		require.NotNil(t, u)
 		require.Contains(t, dials, u.Dial)
-		require.Equal(t, []string{u.Dial}, req.TriedDials())
+		require.Equal(t, []string{u.Dial}, triedOf(req, dials))
 	})
 
 	t.Run("prefers untried", func(t *testing.T) {
 		for range 500 {
-			req := new(Request)
+			req := new(request.Info)
 			for _, d := range dials[:3] {
 				req.MarkTried(d)
 			}
@@ -110,7 +122,7 @@ func TestP2CSelect(t *testing.T) {
 
 	t.Run("untried until none is left, then tried", func(t *testing.T) {
 		for range 100 {
-			req := new(Request)
+			req := new(request.Info)
 			r := withRequest(req)
 			ups := pool(dials...)
 			seen := map[string]bool{}
@@ -123,17 +135,17 @@ func TestP2CSelect(t *testing.T) {
 			u := p.Select(ups, r, nil)
 			require.NotNil(t, u, "falls back to a tried upstream")
 			require.Contains(t, dials, u.Dial)
-			require.ElementsMatch(t, dials, req.TriedDials())
+			require.ElementsMatch(t, dials, triedOf(req, dials))
 		}
 	})
 
 	t.Run("single tried upstream", func(t *testing.T) {
-		req := new(Request)
+		req := new(request.Info)
 		req.MarkTried(dials[0])
 		u := p.Select(pool(dials[0]), withRequest(req), nil)
 		require.NotNil(t, u)
 		require.Equal(t, dials[0], u.Dial)
-		require.Equal(t, []string{dials[0]}, req.TriedDials())
+		require.Equal(t, []string{dials[0]}, triedOf(req, dials))
 	})
 
 	t.Run("roughly uniform at equal cost", func(t *testing.T) {
@@ -141,7 +153,7 @@ func TestP2CSelect(t *testing.T) {
 		counts := map[string]int{}
 		ups := pool(dials...)
 		for range draws {
-			counts[p.Select(ups, withRequest(new(Request)), nil).Dial]++
+			counts[p.Select(ups, withRequest(new(request.Info)), nil).Dial]++
 		}
 		for _, d := range dials {
 			require.InEpsilon(t, draws/len(dials), counts[d], 0.15, "%s chosen %d times", d, counts[d])
@@ -172,7 +184,7 @@ func TestP2CCost(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s vs %s", tt.a, tt.b), func(t *testing.T) {
 			for range 50 { // two candidates are always both compared
-				u := p.Select(pool(tt.a, tt.b), withRequest(new(Request)), nil)
+				u := p.Select(pool(tt.a, tt.b), withRequest(new(request.Info)), nil)
 				require.NotNil(t, u)
 				require.Equal(t, tt.want, u.Dial)
 			}
@@ -201,7 +213,7 @@ func TestSourceGetUpstreams(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.model, func(t *testing.T) {
-			ups, err := s.GetUpstreams(withRequest(&Request{Model: tt.model}))
+			ups, err := s.GetUpstreams(withRequest(&request.Info{Model: tt.model}))
 			require.NoError(t, err)
 			require.ElementsMatch(t, tt.want, dials(ups))
 			for _, u := range ups {

@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/ai-lb/ai-lb/registry"
+	"github.com/ai-lb/ai-lb/request"
 )
 
 // Source is the `dynamic ai_lb` upstream source: it offers reverse_proxy
@@ -64,7 +65,7 @@ func (s *Source) Validate() error {
 // GetUpstreams returns fresh upstreams for the request: reverse_proxy
 // writes into them, so they are never shared between calls.
 func (s *Source) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
-	req := requestOf(r)
+	req := request.Of(r)
 	snap := s.app.Snapshot()
 	members := snap.Members
 	if req.Model != "" {
@@ -74,7 +75,7 @@ func (s *Source) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error)
 }
 
 // sample picks at most k members at random, untried ones first.
-func sample(members []*registry.Member, req *Request, k int) []*reverseproxy.Upstream {
+func sample(members []*registry.Member, req *request.Info, k int) []*reverseproxy.Upstream {
 	n := len(members)
 	ups := make([]*reverseproxy.Upstream, 0, min(n, k))
 	if n <= k {

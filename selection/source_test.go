@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ai-lb/ai-lb/registry"
+	"github.com/ai-lb/ai-lb/request"
 )
 
 // testMembers returns n members at distinct addresses; member i has
@@ -26,8 +27,8 @@ func testMembers(n int) []*registry.Member {
 
 // triedReq returns a request that has tried the members with the given
 // indexes.
-func triedReq(ms []*registry.Member, tried ...int) *Request {
-	req := new(Request)
+func triedReq(ms []*registry.Member, tried ...int) *request.Info {
+	req := new(request.Info)
 	for _, i := range tried {
 		req.MarkTried(ms[i].Dial)
 	}

@@ -1,4 +1,4 @@
-package selection
+package request
 
 import (
 	"bytes"
@@ -15,11 +15,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestRequestTried(t *testing.T) {
-	var nilReq *Request
+func TestInfoTried(t *testing.T) {
+	var nilReq *Info
 	require.False(t, nilReq.Tried("a"))
 
-	req := new(Request)
+	req := new(Info)
 	require.False(t, req.Tried("a"))
 	require.Empty(t, req.TriedDials())
 	req.MarkTried("a")
@@ -34,8 +34,8 @@ func TestRequestTried(t *testing.T) {
 	require.Equal(t, []string{"a", "b"}, req.TriedDials(), "TriedDials returns a copy")
 }
 
-func TestRequestTriedConcurrent(t *testing.T) {
-	req := new(Request)
+func TestInfoTriedConcurrent(t *testing.T) {
+	req := new(Info)
 	const workers, dials = 8, 50
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -64,10 +64,10 @@ func TestRequestTriedConcurrent(t *testing.T) {
 	}
 }
 
-func TestWithRequest(t *testing.T) {
+func TestNewContext(t *testing.T) {
 	require.Nil(t, FromContext(context.Background()))
-	req := new(Request)
-	require.Same(t, req, FromContext(WithRequest(context.Background(), req)))
+	req := new(Info)
+	require.Same(t, req, FromContext(NewContext(context.Background(), req)))
 }
 
 // closeRecorder is a request body that records whether it was closed.
@@ -88,15 +88,14 @@ func newVarsRequest(body io.Reader) *http.Request {
 	return r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
 }
 
-func TestRequestOf(t *testing.T) {
+func TestOf(t *testing.T) {
 	big := `{"model":"m","pad":"` + strings.Repeat("x", DefaultMaxBody) + `"}`
 	tests := []struct {
-		name   string
-		body   string
-		model  string
-		stream bool
+		name  string
+		body  string
+		model string
 	}{
-		{name: "model and stream", body: `{"model":"llama-3","stream":true,"messages":[{"role":"user","content":"hi"}]}`, model: "llama-3", stream: true},
+		{name: "model", body: `{"model":"llama-3","stream":true,"messages":[{"role":"user","content":"hi"}]}`, model: "llama-3"},
 		{name: "no model", body: `{"messages":[]}`},
 		{name: "malformed", body: `{"model":"llama-3"`},
 		{name: "model not text", body: `{"model":3}`},
@@ -110,11 +109,10 @@ func TestRequestOf(t *testing.T) {
 			r := newVarsRequest(nil)
 			r.Body = orig
 
-			req := requestOf(r)
+			req := Of(r)
 			require.Equal(t, tt.model, req.Model)
-			require.Equal(t, tt.stream, req.Stream)
 			require.Same(t, req, caddyhttp.GetVar(r.Context(), varKey), "kept in the request's vars")
-			require.Same(t, req, requestOf(r), "a second call finds the same Request")
+			require.Same(t, req, Of(r), "a second call finds the same Info")
 
 			// The proxy reads the whole body, byte for byte.
 			got, err := io.ReadAll(r.Body)
@@ -126,41 +124,40 @@ func TestRequestOf(t *testing.T) {
 	}
 }
 
-func TestRequestOfNoBody(t *testing.T) {
+func TestOfNoBody(t *testing.T) {
 	for name, body := range map[string]io.ReadCloser{"nil": nil, "NoBody": http.NoBody} {
 		t.Run(name, func(t *testing.T) {
 			r := newVarsRequest(nil)
 			r.Body = body
-			req := requestOf(r)
+			req := Of(r)
 			require.NotNil(t, req)
 			require.Empty(t, req.Model)
 			require.Equal(t, body, r.Body, "no body to put back")
-			require.Same(t, req, requestOf(r))
+			require.Same(t, req, Of(r))
 		})
 	}
 }
 
-func TestRequestOfHandlerRequest(t *testing.T) {
+func TestOfHandlerRequest(t *testing.T) {
 	const body = `{"model":"from-body"}`
 	r := newVarsRequest(strings.NewReader(body))
 	bodyBefore := r.Body
-	req := &Request{Model: "from-handler"}
-	r = r.WithContext(WithRequest(r.Context(), req))
+	req := &Info{Model: "from-handler"}
+	r = r.WithContext(NewContext(r.Context(), req))
 
-	require.Same(t, req, requestOf(r))
-	require.Equal(t, bodyBefore, r.Body, "the handler's Request is used without reading the body")
+	require.Same(t, req, Of(r))
+	require.Equal(t, bodyBefore, r.Body, "the handler's Info is used without reading the body")
 	require.Nil(t, caddyhttp.GetVar(r.Context(), varKey))
 }
 
-func TestRequestOfWithoutVars(t *testing.T) {
+func TestOfWithoutVars(t *testing.T) {
 	// Outside Caddy's server there is no vars table: every call parses the
 	// body again, and it still reaches the proxy intact.
 	const body = `{"model":"m","stream":true}`
 	r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(body))
 	for range 3 {
-		req := requestOf(r)
+		req := Of(r)
 		require.Equal(t, "m", req.Model)
-		require.True(t, req.Stream)
 	}
 	got, err := io.ReadAll(r.Body)
 	require.NoError(t, err)

@@ -1,7 +1,8 @@
-// Package selection picks the upstream node for each request: the
-// `dynamic ai_lb` upstream source offers the live nodes that serve the
-// request's model, and the `p2c` policy chooses among them.
-package selection
+// Package request is ai-lb's model of one client request: what the ai_lb
+// handler reads from it once (its model, its buffered body), the nodes its
+// attempts have tried, and how the other modules find it in the request
+// context.
+package request
 
 import (
 	"bytes"
@@ -14,13 +15,11 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-// Request is what ai-lb knows about one client request. The ai_lb handler
+// Info is what ai-lb knows about one client request. The ai_lb handler
 // makes it once per request; hedged attempts of the request share it.
-type Request struct {
+type Info struct {
 	// Model is the request's `model`, or "" when it names none.
 	Model string
-	// Stream is the request's `stream` flag.
-	Stream bool
 	// Body is the buffered request body (nil when it was not buffered), so
 	// that every attempt can send it again.
 	Body []byte
@@ -30,7 +29,7 @@ type Request struct {
 }
 
 // MarkTried records that an attempt of this request went to dial.
-func (r *Request) MarkTried(dial string) {
+func (r *Info) MarkTried(dial string) {
 	r.mu.Lock()
 	if !slices.Contains(r.tried, dial) {
 		r.tried = append(r.tried, dial)
@@ -39,7 +38,7 @@ func (r *Request) MarkTried(dial string) {
 }
 
 // Tried reports whether an attempt of this request went to dial.
-func (r *Request) Tried(dial string) bool {
+func (r *Info) Tried(dial string) bool {
 	if r == nil {
 		return false
 	}
@@ -50,41 +49,41 @@ func (r *Request) Tried(dial string) bool {
 
 type requestKey struct{}
 
-// varKey is where the source keeps a Request it had to make itself (no
-// ai_lb handler in the route), so the policy finds the same one.
+// varKey is where Of keeps an Info it had to make itself (no ai_lb handler
+// in the route), so that the source and the policy find the same one.
 const varKey = "ai_lb.request"
 
-// WithRequest returns ctx carrying req.
-func WithRequest(ctx context.Context, req *Request) context.Context {
+// NewContext returns ctx carrying req.
+func NewContext(ctx context.Context, req *Info) context.Context {
 	return context.WithValue(ctx, requestKey{}, req)
 }
 
-// FromContext returns the Request the ai_lb handler stored, or nil.
-func FromContext(ctx context.Context) *Request {
-	req, _ := ctx.Value(requestKey{}).(*Request)
+// FromContext returns the Info the ai_lb handler stored, or nil.
+func FromContext(ctx context.Context) *Info {
+	req, _ := ctx.Value(requestKey{}).(*Info)
 	return req
 }
 
 // DefaultMaxBody is the largest body read to find its model.
 const DefaultMaxBody = 16 << 20
 
-// requestOf returns the request's Request. Without the ai_lb handler in
+// Of returns the request's Info. Without the ai_lb handler in
 // front, it reads the model from the body itself (bounded) and keeps the
 // result in the request's vars; the body is put back for the proxy.
-func requestOf(r *http.Request) *Request {
+func Of(r *http.Request) *Info {
 	if req := FromContext(r.Context()); req != nil {
 		return req
 	}
-	if req, ok := caddyhttp.GetVar(r.Context(), varKey).(*Request); ok {
+	if req, ok := caddyhttp.GetVar(r.Context(), varKey).(*Info); ok {
 		return req
 	}
-	req := new(Request)
+	req := new(Info)
 	if r.Body != nil && r.Body != http.NoBody {
 		buf, err := io.ReadAll(io.LimitReader(r.Body, DefaultMaxBody+1))
 		r.Body = readCloser{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
 		if err == nil && len(buf) <= DefaultMaxBody {
 			if fields, err := ParseBody(buf); err == nil {
-				req.Model, req.Stream = fields.Model, fields.Stream
+				req.Model = fields.Model
 			}
 		}
 	}
