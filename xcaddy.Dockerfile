@@ -36,6 +36,7 @@ COPY cli/ cli/
 COPY gateway/ gateway/
 COPY hedging/ hedging/
 COPY registry/ registry/
+COPY request/ request/
 COPY selection/ selection/
 COPY simnode/ simnode/
 # build.sh checks the binary with `ai-lb validate --config Caddyfile.example`.

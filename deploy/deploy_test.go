@@ -722,15 +722,6 @@ func TestDockerfile(t *testing.T) {
 	parseCaddyCommand(t, cmd)
 }
 
-// TestCaddyAdminEnv: Caddy reads CADDY_ADMIN as its default admin address
-// (the image relies on it); this package's Caddy is the one the image ships.
-func TestCaddyAdminEnv(t *testing.T) {
-	modDir := goModuleDir(t, "github.com/caddyserver/caddy/v2")
-	src, err := os.ReadFile(filepath.Join(modDir, "admin.go"))
-	require.NoError(t, err)
-	require.Contains(t, string(src), `os.LookupEnv("CADDY_ADMIN")`)
-}
-
 func versionLess(a, b string) bool {
 	pa, pb := strings.Split(a, "."), strings.Split(b, ".")
 	for i := 0; i < len(pa) && i < len(pb); i++ {
@@ -764,13 +755,6 @@ func modulePackageDirs(t *testing.T) []string {
 	}
 	require.Contains(t, dirs, ".")
 	return dirs
-}
-
-func goModuleDir(t *testing.T, module string) string {
-	t.Helper()
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", module).Output()
-	require.NoError(t, err, "go list -m %s", module)
-	return strings.TrimSpace(string(out))
 }
 
 // readDockerignore returns the exclusion patterns of .dockerignore.

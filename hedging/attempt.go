@@ -203,8 +203,3 @@ func (r *race) lost(a *attempt) bool {
 func isClientError(status int) bool {
 	return status >= 400 && status < 500 && status != http.StatusTooManyRequests
 }
-
-// isRetryable reports a failed answer that another node may not give.
-func isRetryable(status int) bool {
-	return status == http.StatusTooManyRequests || status >= 500
-}

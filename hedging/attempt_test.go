@@ -159,12 +159,9 @@ func TestAttemptDropsInformationalAnd499(t *testing.T) {
 	require.Nil(t, rc.winner)
 }
 
-func TestStatusClasses(t *testing.T) {
+func TestIsClientError(t *testing.T) {
 	require.True(t, isClientError(400))
 	require.True(t, isClientError(404))
 	require.False(t, isClientError(429))
 	require.False(t, isClientError(500))
-	require.True(t, isRetryable(429))
-	require.True(t, isRetryable(503))
-	require.False(t, isRetryable(404))
 }

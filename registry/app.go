@@ -79,9 +79,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.ResyncInterval < 0 {
 		return fmt.Errorf("resync_interval: must not be negative")
 	}
-	if _, err := NewRedis(redisURL); err != nil {
-		return fmt.Errorf("redis: %v", err)
-	}
 	opts := WatcherOptions{Resync: time.Duration(a.ResyncInterval), LegacyKeys: a.LegacyKeys}
 	a.poolKey = fmt.Sprintf("%s|%s|%d|%t", redisURL, a.Prefix, opts.Resync, opts.LegacyKeys)
 	logger := ctx.Logger()

@@ -3,7 +3,6 @@ package registry
 import (
 	"slices"
 	"sort"
-	"time"
 )
 
 // Member is a live node as the routing layer sees it.
@@ -20,8 +19,6 @@ type Snapshot struct {
 	Members []*Member
 	// Synced reports whether the registry has been read at least once.
 	Synced bool
-	// Built is when this snapshot was made.
-	Built time.Time
 
 	byID    map[string]*Member
 	byModel map[string][]*Member
@@ -32,12 +29,11 @@ type Snapshot struct {
 
 // newSnapshot indexes live members; dormantModels are the models of
 // registered nodes that are not live.
-func newSnapshot(members []*Member, dormantModels map[string]bool, synced bool, now time.Time) *Snapshot {
+func newSnapshot(members []*Member, dormantModels map[string]bool, synced bool) *Snapshot {
 	sort.Slice(members, func(i, j int) bool { return members[i].ID < members[j].ID })
 	s := &Snapshot{
 		Members: members,
 		Synced:  synced,
-		Built:   now,
 		byID:    make(map[string]*Member, len(members)),
 		byModel: make(map[string][]*Member),
 		byDial:  make(map[string]*Member, len(members)),

@@ -76,7 +76,7 @@ func NewWatcher(client *Client, opts WatcherOptions, logger *zap.Logger) *Watche
 		nodes:     make(map[string]*tracked),
 		badLogged: make(map[string]string),
 	}
-	w.snap.Store(newSnapshot(nil, nil, false, time.Now()))
+	w.snap.Store(newSnapshot(nil, nil, false))
 	w.wg.Add(2)
 	go w.subscribe(ctx)
 	go w.loop(ctx)
@@ -307,7 +307,7 @@ func (w *Watcher) rebuild(now time.Time) {
 		}
 	}
 	before := w.Snapshot()
-	after := newSnapshot(members, dormant, w.synced, now)
+	after := newSnapshot(members, dormant, w.synced)
 	w.snap.Store(after)
 	if len(before.Members) != len(after.Members) {
 		w.logger.Info("registry changed", zap.Int("live_nodes", len(after.Members)), zap.Int("models", len(after.Models())))

@@ -22,9 +22,13 @@ type Server struct {
 }
 
 // Start runs a redis-server on a free loopback port and stops it when the
-// test ends. The test fails at once if redis-server is not installed.
+// test ends. The test fails at once if redis-server is not installed, and
+// skips under -short: the unit loop runs without Redis.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("needs redis-server: skipped under -short")
+	}
 	s := &Server{t: t, Port: freePort(t)}
 	s.Restart()
 	t.Cleanup(s.Kill)

@@ -1,4 +1,4 @@
-package ailb
+package e2e
 
 import (
 	"encoding/json"
@@ -17,7 +17,7 @@ import (
 // aiLB runs `ai-lb ai-lb <args>` and returns its output.
 func aiLB(t *testing.T, env []string, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(binary, append([]string{"ai-lb"}, args...)...)
+	cmd := exec.Command(binary(t), append([]string{"ai-lb"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
@@ -83,7 +83,7 @@ func TestCLIRegisterListDeregister(t *testing.T) {
 func TestCLISimnodeRegistersAndDeregistersOnSIGTERM(t *testing.T) {
 	c := newCluster(t)
 	port := freePort(t)
-	cmd := exec.Command(binary, "ai-lb", "simnode", "--listen", fmt.Sprintf("127.0.0.1:%d", port),
+	cmd := exec.Command(binary(t), "ai-lb", "simnode", "--listen", fmt.Sprintf("127.0.0.1:%d", port),
 		"--id", "sim-agent", "--models", "agent-model", "--register", "--redis", c.redis.URL(), "--ttl", "3s")
 	var output strings.Builder
 	cmd.Stdout, cmd.Stderr = &output, &output

@@ -1,4 +1,4 @@
-package ailb
+package e2e
 
 import (
 	"bufio"
@@ -24,10 +24,10 @@ import (
 	"github.com/ai-lb/ai-lb/simnode"
 )
 
-// hedgeCaddyfile is a site running ai_lb → hedge → reverse_proxy, with the
+// hedgedCaddyfile is a site running ai_lb → hedge → reverse_proxy, with the
 // given hedge options (response_headers is always on) and extra site
 // directives.
-func hedgeCaddyfile(t *testing.T, port int, hedgeOpts, extra string) string {
+func hedgedCaddyfile(t *testing.T, port int, hedgeOpts, extra string) string {
 	t.Helper()
 	return testCaddyfile(t, fmt.Sprintf(`{
 	ai_lb {
@@ -49,30 +49,30 @@ func hedgeCaddyfile(t *testing.T, port int, hedgeOpts, extra string) string {
 `, extra, hedgeOpts), port)
 }
 
-// startHedge loads a hedging site in front of the cluster's registered
+// startHedged loads a hedging site in front of the cluster's registered
 // nodes and waits until it sees them all.
-func (c *cluster) hedgeStart(hedgeOpts, extra string) string {
+func (c *cluster) startHedged(hedgeOpts, extra string) string {
 	c.t.Helper()
 	port := freePort(c.t)
-	startCaddy(c.t, hedgeCaddyfile(c.t, port, hedgeOpts, extra))
+	startCaddy(c.t, hedgedCaddyfile(c.t, port, hedgeOpts, extra))
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	waitNodes(c.t, base, len(c.nodes))
 	return base
 }
 
 // hostport is the node's address as reverse_proxy names it (X-AI-LB-Node).
-func (n *testNode) hedgeHostport() string { return strings.TrimPrefix(n.URL, "http://") }
+func (n *testNode) hostport() string { return strings.TrimPrefix(n.URL, "http://") }
 
 // nodeByHostport maps X-AI-LB-Node values to node IDs.
-func (c *cluster) hedgeNodeByHostport() map[string]string {
+func (c *cluster) nodeByHostport() map[string]string {
 	m := make(map[string]string)
 	for _, n := range c.nodes {
-		m[n.hedgeHostport()] = n.ID
+		m[n.hostport()] = n.ID
 	}
 	return m
 }
 
-func (c *cluster) hedgeReceived() int64 {
+func (c *cluster) received() int64 {
 	var sum int64
 	for _, n := range c.nodes {
 		sum += n.Stats().Received
@@ -80,7 +80,7 @@ func (c *cluster) hedgeReceived() int64 {
 	return sum
 }
 
-func (c *cluster) hedgeInFlight() int64 {
+func (c *cluster) inFlight() int64 {
 	var sum int64
 	for _, n := range c.nodes {
 		sum += n.Stats().InFlight
@@ -88,19 +88,19 @@ func (c *cluster) hedgeInFlight() int64 {
 	return sum
 }
 
-func (c *cluster) hedgeReset() {
+func (c *cluster) resetCounters() {
 	for _, n := range c.nodes {
 		n.Reset()
 	}
 }
 
-// hedgeClient has room for many concurrent streams to the balancer.
-var hedgeClient = &http.Client{Transport: &http.Transport{
+// streamClient has room for many concurrent streams to the balancer.
+var streamClient = &http.Client{Transport: &http.Transport{
 	MaxIdleConns: 512, MaxIdleConnsPerHost: 512, IdleConnTimeout: 30 * time.Second,
 }}
 
-// hedgeAnswer is one chat completion as a client saw it.
-type hedgeAnswer struct {
+// answer is one chat completion as a client saw it.
+type answer struct {
 	id     string // X-Request-Id sent
 	status int
 	header http.Header
@@ -109,13 +109,13 @@ type hedgeAnswer struct {
 	took   time.Duration
 }
 
-func (a hedgeAnswer) hedged() string   { return a.header.Get("X-AI-LB-Hedged") }
-func (a hedgeAnswer) simNode() string  { return a.header.Get("X-Sim-Node") }
-func (a hedgeAnswer) lbNode() string   { return a.header.Get("X-AI-LB-Node") }
-func (a hedgeAnswer) attempts() string { return a.header.Get("X-AI-LB-Attempts") }
+func (a answer) hedged() string   { return a.header.Get("X-AI-LB-Hedged") }
+func (a answer) simNode() string  { return a.header.Get("X-Sim-Node") }
+func (a answer) lbNode() string   { return a.header.Get("X-AI-LB-Node") }
+func (a answer) attempts() string { return a.header.Get("X-AI-LB-Attempts") }
 
 // chatBody is a chat completion request body.
-func hedgeChatBody(model string, stream bool, content string) string {
+func chatBody(model string, stream bool, content string) string {
 	b, _ := json.Marshal(map[string]any{
 		"model": model, "stream": stream,
 		"messages": []map[string]string{{"role": "user", "content": content}},
@@ -123,27 +123,27 @@ func hedgeChatBody(model string, stream bool, content string) string {
 	return string(b)
 }
 
-// post sends a chat completion with an X-Request-Id and reads the hedgeAnswer.
-func hedgePost(ctx context.Context, base, id, body string) (hedgeAnswer, error) {
+// post sends a chat completion with an X-Request-Id and reads the answer.
+func post(ctx context.Context, base, id, body string) (answer, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/chat/completions", strings.NewReader(body))
 	if err != nil {
-		return hedgeAnswer{}, err
+		return answer{}, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Request-Id", id)
 	start := time.Now()
-	resp, err := hedgeClient.Do(req)
+	resp, err := streamClient.Do(req)
 	if err != nil {
-		return hedgeAnswer{}, err
+		return answer{}, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	end := time.Now()
-	return hedgeAnswer{id: id, status: resp.StatusCode, header: resp.Header, body: string(b), end: end, took: end.Sub(start)}, err
+	return answer{id: id, status: resp.StatusCode, header: resp.Header, body: string(b), end: end, took: end.Sub(start)}, err
 }
 
-// hedgeChunk is the part of a chat.completion.chunk the tests read.
-type hedgeChunk struct {
+// chunk is the part of a chat.completion.chunk the tests read.
+type chunk struct {
 	ID      string `json:"id"`
 	Choices []struct {
 		Delta struct {
@@ -154,10 +154,10 @@ type hedgeChunk struct {
 	} `json:"choices"`
 }
 
-// checkStream checks that an SSE body is exactly one node's whole hedgeAnswer of
+// checkStream checks that an SSE body is exactly one node's whole answer of
 // tokens tokens, as simnode sends it: a role chunk, one chunk per token in
 // order, a finish chunk and [DONE], all with the same completion id.
-func hedgeCheckStream(body, node string, tokens int) error {
+func checkStream(body, node string, tokens int) error {
 	var events []string
 	sc := bufio.NewScanner(strings.NewReader(body))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -180,7 +180,7 @@ func hedgeCheckStream(body, node string, tokens int) error {
 	var text strings.Builder
 	var id string
 	for i, e := range events[:len(events)-1] {
-		var ch hedgeChunk
+		var ch chunk
 		if err := json.Unmarshal([]byte(e), &ch); err != nil {
 			return fmt.Errorf("event %d %q: %v", i, e, err)
 		}
@@ -219,8 +219,8 @@ func hedgeCheckStream(body, node string, tokens int) error {
 	return nil
 }
 
-// checkFull checks a non-streamed hedgeAnswer is node's whole hedgeAnswer.
-func hedgeCheckFull(body, node string, tokens int) error {
+// checkFull checks a non-streamed answer is node's whole answer.
+func checkFull(body, node string, tokens int) error {
 	var out struct {
 		Choices []struct {
 			Message struct {
@@ -232,31 +232,31 @@ func hedgeCheckFull(body, node string, tokens int) error {
 		return fmt.Errorf("%q: %v", body, err)
 	}
 	if len(out.Choices) != 1 || out.Choices[0].Message.Content != simnode.Text(node, tokens) {
-		return fmt.Errorf("hedgeAnswer %q is not %s's %d tokens", body, node, tokens)
+		return fmt.Errorf("answer %q is not %s's %d tokens", body, node, tokens)
 	}
 	return nil
 }
 
-// checkAnswer checks a successful hedgeAnswer came whole from the node both
+// checkAnswer checks a successful answer came whole from the node both
 // X-Sim-Node and X-AI-LB-Node name.
-func (c *cluster) hedgeCheck(t *testing.T, a hedgeAnswer, stream bool, tokens int) {
+func (c *cluster) checkAnswer(t *testing.T, a answer, stream bool, tokens int) {
 	t.Helper()
 	require.Equal(t, http.StatusOK, a.status, a.body)
 	node := a.simNode()
 	require.NotEmpty(t, node)
 	if a.hedged() != "" { // the hedge handled it (response_headers)
-		require.Equal(t, node, c.hedgeNodeByHostport()[a.lbNode()], "X-AI-LB-Node %q names another node than X-Sim-Node", a.lbNode())
+		require.Equal(t, node, c.nodeByHostport()[a.lbNode()], "X-AI-LB-Node %q names another node than X-Sim-Node", a.lbNode())
 	}
 	if stream {
-		require.NoError(t, hedgeCheckStream(a.body, node, tokens), "request %s", a.id)
+		require.NoError(t, checkStream(a.body, node, tokens), "request %s", a.id)
 	} else {
-		require.NoError(t, hedgeCheckFull(a.body, node, tokens), "request %s", a.id)
+		require.NoError(t, checkFull(a.body, node, tokens), "request %s", a.id)
 	}
 }
 
 // metricValue reads one unlabelled counter from the admin API's /metrics
 // (0 when it has not been created yet).
-func hedgeMetric(t *testing.T, name string) float64 {
+func metricValue(t *testing.T, name string) float64 {
 	t.Helper()
 	resp, err := http.Get(fmt.Sprintf("http://localhost:%d/metrics", adminPort))
 	require.NoError(t, err)
@@ -280,20 +280,20 @@ func TestHedgeFastClusterSendsNoHedges(t *testing.T) {
 	for _, id := range []string{"node-a", "node-b", "node-c"} {
 		c.addNode(id, simnode.Config{TTFT: 5 * time.Millisecond})
 	}
-	base := c.hedgeStart("delay 500ms\n\t\tbudget 100%", "")
-	before := hedgeMetric(t, `ai_lb_hedge_attempts_total{role="hedge"}`)
+	base := c.startHedged("delay 500ms\n\t\tbudget 100%", "")
+	before := metricValue(t, `ai_lb_hedge_attempts_total{role="hedge"}`)
 
 	const n = 30
 	for i := range n {
 		stream := i%2 == 0
-		a, err := hedgePost(context.Background(), base, fmt.Sprintf("fast-%d", i), hedgeChatBody("sim-model", stream, "hi"))
+		a, err := post(context.Background(), base, fmt.Sprintf("fast-%d", i), chatBody("sim-model", stream, "hi"))
 		require.NoError(t, err)
-		c.hedgeCheck(t, a, stream, 8)
+		c.checkAnswer(t, a, stream, 8)
 		require.Equal(t, "false", a.hedged())
 		require.Equal(t, "1", a.attempts())
 	}
-	require.EqualValues(t, n, c.hedgeReceived(), "one upstream request per client request")
-	require.Equal(t, before, hedgeMetric(t, `ai_lb_hedge_attempts_total{role="hedge"}`))
+	require.EqualValues(t, n, c.received(), "one upstream request per client request")
+	require.Equal(t, before, metricValue(t, `ai_lb_hedge_attempts_total{role="hedge"}`))
 }
 
 func TestHedgeSlowNodeLoses(t *testing.T) {
@@ -305,11 +305,11 @@ func TestHedgeSlowNodeLoses(t *testing.T) {
 	c.addNode("fast-a", fast)
 	c.addNode("fast-b", fast)
 	slow := c.addNode("slow", simnode.Config{TTFT: 5 * time.Second, Tokens: tokens})
-	base := c.hedgeStart("delay 150ms\n\t\tbudget 100%", "")
+	base := c.startHedged("delay 150ms\n\t\tbudget 100%", "")
 
 	// Sequential requests: p2c sends about a third to the slow node first.
 	// Go on until enough streamed and non-streamed ones have.
-	answers := make(map[string]hedgeAnswer)
+	answers := make(map[string]answer)
 	streamed := make(map[string]bool)
 	slowHits := func() (streams, full int) {
 		for _, r := range slow.Requests() {
@@ -328,9 +328,9 @@ func TestHedgeSlowNodeLoses(t *testing.T) {
 		stream := i%2 == 0
 		id := fmt.Sprintf("req-%d", i)
 		streamed[id] = stream
-		a, err := hedgePost(context.Background(), base, id, hedgeChatBody("sim-model", stream, "hi"))
+		a, err := post(context.Background(), base, id, chatBody("sim-model", stream, "hi"))
 		require.NoError(t, err)
-		c.hedgeCheck(t, a, stream, tokens)
+		c.checkAnswer(t, a, stream, tokens)
 		require.NotEqual(t, "slow", a.simNode())
 		require.NotContains(t, a.body, "slow-tok")
 		answers[a.id] = a
@@ -365,7 +365,7 @@ func TestHedgeSlowNodeLoses(t *testing.T) {
 		require.True(t, r.FirstToken.IsZero())
 		require.Equal(t, "true", a.hedged(), "request %s", a.id)
 		require.Equal(t, "2", a.attempts(), "request %s", a.id)
-		require.NotEqual(t, slow.hedgeHostport(), a.lbNode())
+		require.NotEqual(t, slow.hostport(), a.lbNode())
 		w, ok := winnerRecs[r.RequestID]
 		require.True(t, ok, "no winner record for %s", r.RequestID)
 		require.False(t, w.Aborted)
@@ -385,17 +385,17 @@ func TestHedgeClientDisconnectAbortsAll(t *testing.T) {
 	for _, id := range []string{"node-a", "node-b", "node-c"} {
 		c.addNode(id, simnode.Config{TTFT: ttft})
 	}
-	base := c.hedgeStart("delay 100ms\n\t\tbudget 100%", "")
+	base := c.startHedged("delay 100ms\n\t\tbudget 100%", "")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() {
-		_, err := hedgePost(ctx, base, "gone", hedgeChatBody("sim-model", true, "hi"))
+		_, err := post(ctx, base, "gone", chatBody("sim-model", true, "hi"))
 		errc <- err
 	}()
 	eventually(t, 10*time.Second, func() error {
-		if r, f := c.hedgeReceived(), c.hedgeInFlight(); r != 2 || f != 2 {
+		if r, f := c.received(), c.inFlight(); r != 2 || f != 2 {
 			return fmt.Errorf("%d received, %d in flight", r, f)
 		}
 		return nil
@@ -416,8 +416,8 @@ func TestHedgeClientDisconnectAbortsAll(t *testing.T) {
 		return nil
 	})
 	t.Logf("attempts aborted %v after the client left", time.Since(cancelled))
-	require.EqualValues(t, 2, c.hedgeReceived(), "no attempt started after the client left")
-	require.Zero(t, c.hedgeInFlight())
+	require.EqualValues(t, 2, c.received(), "no attempt started after the client left")
+	require.Zero(t, c.inFlight())
 }
 
 func TestHedgeBudgetBoundsExtraLoad(t *testing.T) {
@@ -425,8 +425,8 @@ func TestHedgeBudgetBoundsExtraLoad(t *testing.T) {
 	for _, id := range []string{"node-a", "node-b", "node-c", "node-d"} {
 		c.addNode(id, simnode.Config{TTFT: 300 * time.Millisecond})
 	}
-	base := c.hedgeStart("delay 20ms\n\t\tbudget 10%\n\t\tbudget_min 1\n\t\tbudget_window 1m", "")
-	refusals := hedgeMetric(t, "ai_lb_hedge_budget_refusals_total")
+	base := c.startHedged("delay 20ms\n\t\tbudget 10%\n\t\tbudget_min 1\n\t\tbudget_window 1m", "")
+	refusals := metricValue(t, "ai_lb_hedge_budget_refusals_total")
 
 	const n, workers = 60, 6
 	ids := make(chan int, n)
@@ -439,7 +439,7 @@ func TestHedgeBudgetBoundsExtraLoad(t *testing.T) {
 	for range workers {
 		wg.Go(func() {
 			for i := range ids {
-				a, err := hedgePost(context.Background(), base, fmt.Sprintf("budget-%d", i), hedgeChatBody("sim-model", i%2 == 0, "hi"))
+				a, err := post(context.Background(), base, fmt.Sprintf("budget-%d", i), chatBody("sim-model", i%2 == 0, "hi"))
 				if err == nil && a.status != http.StatusOK {
 					err = fmt.Errorf("status %d: %s", a.status, a.body)
 				}
@@ -455,33 +455,33 @@ func TestHedgeBudgetBoundsExtraLoad(t *testing.T) {
 		require.NoError(t, err)
 	}
 
-	total := c.hedgeReceived()
+	total := c.received()
 	limit := int64(n + int(math.Ceil(0.1*n)) + 1)
 	t.Logf("%d upstream requests for %d client requests (limit %d)", total, n, limit)
 	require.LessOrEqual(t, total, limit, "hedges exceeded the budget")
 	require.Greater(t, total, int64(n), "no hedge at all")
-	require.Greater(t, hedgeMetric(t, "ai_lb_hedge_budget_refusals_total"), refusals)
+	require.Greater(t, metricValue(t, "ai_lb_hedge_budget_refusals_total"), refusals)
 }
 
 func TestHedgeBodyOverCapProxiedOnce(t *testing.T) {
 	c := newCluster(t)
 	c.addNode("node-a", simnode.Config{TTFT: 300 * time.Millisecond})
 	c.addNode("node-b", simnode.Config{TTFT: 300 * time.Millisecond})
-	base := c.hedgeStart("delay 20ms\n\t\tbudget 100%\n\t\tmax_body_size 1KiB", "")
+	base := c.startHedged("delay 20ms\n\t\tbudget 100%\n\t\tmax_body_size 1KiB", "")
 
-	big := hedgeChatBody("sim-model", true, strings.Repeat("x", 4000))
+	big := chatBody("sim-model", true, strings.Repeat("x", 4000))
 	require.Greater(t, len(big), 4000)
-	a, err := hedgePost(context.Background(), base, "big", big)
+	a, err := post(context.Background(), base, "big", big)
 	require.NoError(t, err)
-	c.hedgeCheck(t, a, true, 8)
-	require.EqualValues(t, 1, c.hedgeReceived(), "a body over max_body_size is proxied once")
+	c.checkAnswer(t, a, true, 8)
+	require.EqualValues(t, 1, c.received(), "a body over max_body_size is proxied once")
 	require.Empty(t, a.hedged(), "the hedge passed it through")
 
-	c.hedgeReset()
-	a, err = hedgePost(context.Background(), base, "small", hedgeChatBody("sim-model", true, "hi"))
+	c.resetCounters()
+	a, err = post(context.Background(), base, "small", chatBody("sim-model", true, "hi"))
 	require.NoError(t, err)
-	c.hedgeCheck(t, a, true, 8)
-	require.EqualValues(t, 2, c.hedgeReceived(), "a small body is hedged")
+	c.checkAnswer(t, a, true, 8)
+	require.EqualValues(t, 2, c.received(), "a small body is hedged")
 	require.Equal(t, "true", a.hedged())
 }
 
@@ -496,18 +496,18 @@ func TestHedgeConcurrentStreamsByteExact(t *testing.T) {
 	slower := cfg
 	slower.SlowFraction = 0.6
 	c.addNode("node-d", slower)
-	base := c.hedgeStart("delay 50ms\n\t\tbudget 100%", "")
-	wonBefore := hedgeMetric(t, "ai_lb_hedge_won_total")
+	base := c.startHedged("delay 50ms\n\t\tbudget 100%", "")
+	wonBefore := metricValue(t, "ai_lb_hedge_won_total")
 
 	const n = 200
-	answers := make([]hedgeAnswer, n)
+	answers := make([]answer, n)
 	errs := make([]error, n)
 	start := make(chan struct{})
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
 			<-start
-			answers[i], errs[i] = hedgePost(context.Background(), base, fmt.Sprintf("conc-%d", i), hedgeChatBody("sim-model", true, "hi"))
+			answers[i], errs[i] = post(context.Background(), base, fmt.Sprintf("conc-%d", i), chatBody("sim-model", true, "hi"))
 		})
 	}
 	close(start)
@@ -517,14 +517,14 @@ func TestHedgeConcurrentStreamsByteExact(t *testing.T) {
 	winners := make(map[string]string) // request id → node
 	for i, a := range answers {
 		require.NoError(t, errs[i])
-		c.hedgeCheck(t, a, true, tokens)
+		c.checkAnswer(t, a, true, tokens)
 		require.Equal(t, "text/event-stream", strings.Split(a.header.Get("Content-Type"), ";")[0])
 		if a.hedged() == "true" {
 			hedged++
 		}
 		winners[a.id] = a.simNode()
 	}
-	won := hedgeMetric(t, "ai_lb_hedge_won_total") - wonBefore
+	won := metricValue(t, "ai_lb_hedge_won_total") - wonBefore
 	t.Logf("%d of %d requests hedged, %v won by the hedge", hedged, n, won)
 	require.Positive(t, hedged, "no request was hedged: the test proves nothing")
 	require.Positive(t, won, "no hedge won: the test proves nothing")
@@ -534,7 +534,7 @@ func TestHedgeConcurrentStreamsByteExact(t *testing.T) {
 	// may have sent its whole short stream before its connection closed.)
 	completed := make(map[string][]string)
 	eventually(t, 10*time.Second, func() error {
-		if f := c.hedgeInFlight(); f != 0 {
+		if f := c.inFlight(); f != 0 {
 			return fmt.Errorf("%d still in flight", f)
 		}
 		return nil
@@ -558,32 +558,32 @@ func TestHedgeRetryableFailureStartsNextAttempt(t *testing.T) {
 	// The delay never passes during the test: only the failure path can
 	// start a second attempt.
 	const delay = 10 * time.Second
-	base := c.hedgeStart("delay 10s\n\t\tbudget 100%", "")
+	base := c.startHedged("delay 10s\n\t\tbudget 100%", "")
 
 	for i := range 20 {
 		stream := i%2 == 0
-		a, err := hedgePost(context.Background(), base, fmt.Sprintf("retry-%d", i), hedgeChatBody("sim-model", stream, "hi"))
+		a, err := post(context.Background(), base, fmt.Sprintf("retry-%d", i), chatBody("sim-model", stream, "hi"))
 		require.NoError(t, err)
-		c.hedgeCheck(t, a, stream, 8)
+		c.checkAnswer(t, a, stream, 8)
 		require.Equal(t, "good", a.simNode())
 		require.Less(t, a.took, delay, "the failure did not start the next attempt at once")
 	}
 	require.Positive(t, bad.Stats().Failed, "no request went to the failing node first")
 	require.Zero(t, good.Stats().Failed)
 
-	// When every node fails, the client gets the last upstream hedgeAnswer.
+	// When every node fails, the client gets the last upstream answer.
 	for _, n := range c.nodes {
 		n.Update(func(cfg *simnode.Config) { cfg.FailRate, cfg.FailStatus = 1, http.StatusServiceUnavailable })
 	}
 	for i, stream := range []bool{false, true} {
-		c.hedgeReset()
-		a, err := hedgePost(context.Background(), base, fmt.Sprintf("allfail-%d", i), hedgeChatBody("sim-model", stream, "hi"))
+		c.resetCounters()
+		a, err := post(context.Background(), base, fmt.Sprintf("allfail-%d", i), chatBody("sim-model", stream, "hi"))
 		require.NoError(t, err)
 		require.Equal(t, http.StatusServiceUnavailable, a.status, a.body)
-		require.Contains(t, a.body, "simulated_failure", "the upstream's own hedgeAnswer")
+		require.Contains(t, a.body, "simulated_failure", "the upstream's own answer")
 		require.Contains(t, []string{"bad", "good"}, a.simNode())
 		require.Less(t, a.took, delay)
-		require.EqualValues(t, 2, c.hedgeReceived(), "both nodes were tried")
+		require.EqualValues(t, 2, c.received(), "both nodes were tried")
 		require.EqualValues(t, 1, bad.Stats().Failed)
 		require.EqualValues(t, 1, good.Stats().Failed)
 	}
@@ -602,27 +602,27 @@ func TestHedgeClientErrorNotHedged(t *testing.T) {
 			ID: n.ID, URL: n.URL, Models: []string{"ghost-model"}, TTLMillis: registry.DefaultTTL.Milliseconds(),
 		}))
 	}
-	base := c.hedgeStart("delay 200ms\n\t\tbudget 100%", "")
+	base := c.startHedged("delay 200ms\n\t\tbudget 100%", "")
 
 	for i, stream := range []bool{false, true} {
 		// An empty messages array: the node's 400 is final.
-		c.hedgeReset()
+		c.resetCounters()
 		body := fmt.Sprintf(`{"model":"sim-model","stream":%v,"messages":[]}`, stream)
-		a, err := hedgePost(context.Background(), base, fmt.Sprintf("bad-%d", i), body)
+		a, err := post(context.Background(), base, fmt.Sprintf("bad-%d", i), body)
 		require.NoError(t, err)
 		require.Equal(t, http.StatusBadRequest, a.status, a.body)
-		require.Contains(t, a.body, "messages must be a non-empty array", "the node's own hedgeAnswer")
+		require.Contains(t, a.body, "messages must be a non-empty array", "the node's own answer")
 		require.Contains(t, []string{"node-a", "node-b"}, a.simNode())
-		require.EqualValues(t, 1, c.hedgeReceived(), "a client error is not hedged nor retried")
+		require.EqualValues(t, 1, c.received(), "a client error is not hedged nor retried")
 
 		// A model the node does not serve: the node's 404.
-		c.hedgeReset()
-		a, err = hedgePost(context.Background(), base, fmt.Sprintf("ghost-%d", i), hedgeChatBody("ghost-model", stream, "hi"))
+		c.resetCounters()
+		a, err = post(context.Background(), base, fmt.Sprintf("ghost-%d", i), chatBody("ghost-model", stream, "hi"))
 		require.NoError(t, err)
 		require.Equal(t, http.StatusNotFound, a.status, a.body)
 		require.Contains(t, a.body, "model_not_found")
 		require.Contains(t, []string{"ghost-a", "ghost-b"}, a.simNode())
-		require.EqualValues(t, 1, c.hedgeReceived(), "a client error is not hedged nor retried")
+		require.EqualValues(t, 1, c.received(), "a client error is not hedged nor retried")
 	}
 }
 
@@ -631,18 +631,18 @@ func TestHedgeAccessLogNamesWinner(t *testing.T) {
 	fast := c.addNode("fast", simnode.Config{TTFT: 5 * time.Millisecond, InterTokenLatency: 5 * time.Millisecond})
 	slow := c.addNode("slow", simnode.Config{TTFT: 5 * time.Second})
 	logFile := filepath.Join(t.TempDir(), "access.log")
-	base := c.hedgeStart("delay 100ms\n\t\tbudget 100%", fmt.Sprintf(`	log {
+	base := c.startHedged("delay 100ms\n\t\tbudget 100%", fmt.Sprintf(`	log {
 		output file %s
 		format json
 	}
 	log_append upstream {http.reverse_proxy.upstream.hostport}
 	log_append upstream_status {http.reverse_proxy.status_code}`, logFile))
 
-	answers := make(map[string]hedgeAnswer)
+	answers := make(map[string]answer)
 	for i := 0; i < 100 && len(slow.Requests()) < 3; i++ {
-		a, err := hedgePost(context.Background(), base, fmt.Sprintf("log-%d", i), hedgeChatBody("sim-model", i%2 == 0, "hi"))
+		a, err := post(context.Background(), base, fmt.Sprintf("log-%d", i), chatBody("sim-model", i%2 == 0, "hi"))
 		require.NoError(t, err)
-		c.hedgeCheck(t, a, i%2 == 0, 8)
+		c.checkAnswer(t, a, i%2 == 0, 8)
 		answers[a.id] = a
 	}
 	require.NotEmpty(t, slow.Requests(), "no request went to the slow node first")
@@ -675,8 +675,8 @@ func TestHedgeAccessLogNamesWinner(t *testing.T) {
 				continue
 			}
 			seen++
-			if e.Upstream != a.lbNode() || e.Upstream != fast.hedgeHostport() {
-				return fmt.Errorf("request %s: access log names upstream %q, the hedgeAnswer came from %q", a.id, e.Upstream, a.lbNode())
+			if e.Upstream != a.lbNode() || e.Upstream != fast.hostport() {
+				return fmt.Errorf("request %s: access log names upstream %q, the answer came from %q", a.id, e.Upstream, a.lbNode())
 			}
 			if fmt.Sprint(e.UpstreamStatus) != "200" || e.Status != http.StatusOK {
 				return fmt.Errorf("request %s: logged statuses %v/%d", a.id, e.UpstreamStatus, e.Status)
@@ -694,7 +694,7 @@ func TestHedgeNoGoroutinesLeftAfterUnload(t *testing.T) {
 	c.addNode("fast-a", simnode.Config{})
 	c.addNode("fast-b", simnode.Config{})
 	slow := c.addNode("slow", simnode.Config{TTFT: 5 * time.Second})
-	base := c.hedgeStart("delay 50ms\n\t\tbudget 100%", "")
+	base := c.startHedged("delay 50ms\n\t\tbudget 100%", "")
 
 	// Traffic with hedges, cancelled attempts and client disconnects.
 	var wg sync.WaitGroup
@@ -705,7 +705,7 @@ func TestHedgeNoGoroutinesLeftAfterUnload(t *testing.T) {
 			if i%5 == 0 {
 				time.AfterFunc(20*time.Millisecond, cancel)
 			}
-			a, err := hedgePost(ctx, base, fmt.Sprintf("leak-%d", i), hedgeChatBody("sim-model", i%2 == 0, "hi"))
+			a, err := post(ctx, base, fmt.Sprintf("leak-%d", i), chatBody("sim-model", i%2 == 0, "hi"))
 			if err == nil && a.status != http.StatusOK {
 				err = fmt.Errorf("status %d: %s", a.status, a.body)
 			}

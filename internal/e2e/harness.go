@@ -1,4 +1,8 @@
-package ailb
+// Package e2e holds ai-lb's end-to-end tests: real redis-server processes,
+// simulated LLM nodes on loopback listeners, and Caddy configured by
+// Caddyfile or JSON, in the test process (caddytest) or as a process of the
+// ai-lb binary. This file is the harness the tests share.
+package e2e
 
 import (
 	"bufio"
@@ -14,42 +18,66 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/stretchr/testify/require"
 
+	_ "github.com/ai-lb/ai-lb"
 	"github.com/ai-lb/ai-lb/internal/testredis"
 	"github.com/ai-lb/ai-lb/registry"
 	"github.com/ai-lb/ai-lb/simnode"
 )
 
-// binary is the ai-lb binary, built once in TestMain (or taken from
-// $AI_LB_BINARY), for tests that need a second Caddy (caddytest runs one per
-// process).
-var binary string
+// root is the repository root, relative to this package's directory, where
+// go test runs its tests.
+const root = "../.."
 
-func TestMain(m *testing.M) {
-	// CI has just built the binary with xcaddy (scripts/build.sh): use it.
-	if prebuilt := os.Getenv("AI_LB_BINARY"); prebuilt != "" {
-		binary = prebuilt
-		os.Exit(m.Run())
+// repoPath returns the path of a file of the repository.
+func repoPath(name string) string { return filepath.Join(root, name) }
+
+var (
+	buildOnce  sync.Once
+	builtPath  string
+	buildError error
+	buildDir   string
+)
+
+// binary returns the ai-lb binary, for tests that run ai-lb as a process
+// (caddytest runs one Caddy per test process): $AI_LB_BINARY when CI has
+// built it with xcaddy (scripts/build.sh), else built once per test binary,
+// on first use. Such tests need a build, so they skip under -short.
+func binary(t testing.TB) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs the ai-lb binary: skipped under -short")
 	}
-	dir, err := os.MkdirTemp("", "ai-lb-test")
-	if err != nil {
-		panic(err)
+	buildOnce.Do(func() {
+		if prebuilt := os.Getenv("AI_LB_BINARY"); prebuilt != "" {
+			builtPath = prebuilt
+			return
+		}
+		buildDir, buildError = os.MkdirTemp("", "ai-lb-test")
+		if buildError != nil {
+			return
+		}
+		builtPath = filepath.Join(buildDir, "ai-lb")
+		out, err := exec.Command("go", "build", "-o", builtPath, "github.com/ai-lb/ai-lb/cmd/ai-lb").CombinedOutput()
+		if err != nil {
+			buildError = fmt.Errorf("building ai-lb: %v\n%s", err, out)
+		}
+	})
+	require.NoError(t, buildError)
+	return builtPath
+}
+
+// removeBuild removes the binary that binary built, if any.
+func removeBuild() {
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
 	}
-	binary = filepath.Join(dir, "ai-lb")
-	build := exec.Command("go", "build", "-o", binary, "./cmd/ai-lb")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building ai-lb:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
 }
 
 // adminPort is the admin port of the test process's Caddy: caddytest's 2999
@@ -129,7 +157,7 @@ func (c *cluster) register(n *testNode, ttl time.Duration) {
 // added and the site on port.
 func exampleCaddyfile(t testing.TB, port int) string {
 	t.Helper()
-	raw, err := os.ReadFile("Caddyfile.example")
+	raw, err := os.ReadFile(repoPath("Caddyfile.example"))
 	require.NoError(t, err)
 	return testCaddyfile(t, string(raw), port)
 }
@@ -149,6 +177,9 @@ func testCaddyfile(t testing.TB, caddyfile string, port int) string {
 // site's base URL.
 func startCaddy(t testing.TB, caddyfile string) *caddytest.Tester {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("runs Caddy with its admin API: skipped under -short")
+	}
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
 	tester.InitServer(caddyfile, "caddyfile")
 	require.False(t, t.Failed(), "config did not load")

@@ -1,4 +1,4 @@
-package ailb
+package e2e
 
 import (
 	"fmt"
@@ -22,7 +22,7 @@ func TestOpenClawTrafficWithNPMClient(t *testing.T) {
 		require.NoError(t, err, "%s is needed (apt-get install nodejs npm)", tool)
 	}
 	install := exec.Command("npm", "ci", "--no-audit", "--no-fund", "--loglevel=error")
-	install.Dir = "compat/openclaw"
+	install.Dir = repoPath("compat/openclaw")
 	out, err := install.CombinedOutput()
 	require.NoError(t, err, "npm ci: %s", out)
 
@@ -35,7 +35,7 @@ func TestOpenClawTrafficWithNPMClient(t *testing.T) {
 	waitNodes(t, base, 2)
 
 	run := exec.Command("node", "openclaw_traffic.mjs", "6")
-	run.Dir = "compat/openclaw"
+	run.Dir = repoPath("compat/openclaw")
 	run.Env = append(os.Environ(), "AI_LB_URL="+base)
 	out, err = run.CombinedOutput()
 	require.NoError(t, err, "%s", out)

@@ -1,4 +1,4 @@
-package ailb
+package e2e
 
 import (
 	"bytes"
@@ -30,7 +30,7 @@ func BenchmarkRequestPath(b *testing.B) {
 		for _, size := range []struct {
 			name string
 			body []byte
-		}{{"small", chatBody(1)}, {"40KB", chatBody(40)}} {
+		}{{"small", sizedChatBody(1)}, {"40KB", sizedChatBody(40)}} {
 			b.Run(fmt.Sprintf("nodes=%d/body=%s", nodes, size.name), func(b *testing.B) {
 				benchRequestPath(b, nodes, size.body)
 			})
@@ -91,9 +91,9 @@ func benchRequestPath(b *testing.B, nodes int, body []byte) {
 	}
 }
 
-// chatBody returns an OpenAI chat body of about kb KiB, shaped like an
+// sizedChatBody returns an OpenAI chat body of about kb KiB, shaped like an
 // agent's: a long system prompt, tools and a few turns.
-func chatBody(kb int) []byte {
+func sizedChatBody(kb int) []byte {
 	var buf bytes.Buffer
 	buf.WriteString(`{"model":"bench-model","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"system","content":"`)
 	buf.WriteString(strings.Repeat("You are a careful assistant. ", max(1, kb*1024/29-60)))

@@ -1,4 +1,4 @@
-package ailb
+package e2e
 
 import (
 	"bytes"
@@ -227,7 +227,7 @@ func onEach(t *testing.T, insts []*lbInstance, f func(*lbInstance) (time.Duratio
 // admin, HTTP and HTTPS ports, and the site on port.
 func processCaddyfile(t *testing.T, port int) string {
 	t.Helper()
-	raw, err := os.ReadFile("Caddyfile.example")
+	raw, err := os.ReadFile(repoPath("Caddyfile.example"))
 	require.NoError(t, err)
 	caddyfile := string(raw)
 	i := strings.Index(caddyfile, "{\n")
@@ -247,7 +247,8 @@ func startCaddyProcess(t *testing.T, caddyfile string, port int, env ...string) 
 	dir := t.TempDir()
 	path := filepath.Join(dir, "Caddyfile")
 	require.NoError(t, os.WriteFile(path, []byte(caddyfile), 0o644))
-	cmd := exec.Command(binary, "run", "--config", path, "--adapter", "caddyfile")
+	bin := binary(t)
+	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
 	// Its own config and data directories: no autosave.json or storage
 	// shared with any other Caddy.
 	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"), "XDG_DATA_HOME="+filepath.Join(dir, "data"))
@@ -263,12 +264,12 @@ func startCaddyProcess(t *testing.T, caddyfile string, port int, env ...string) 
 		case <-exited:
 		case <-time.After(10 * time.Second):
 			// A clean shutdown has nothing to wait for (grace_period 1ns).
-			t.Errorf("%s did not exit within 10s of SIGINT; killed", filepath.Base(binary))
+			t.Errorf("%s did not exit within 10s of SIGINT; killed", filepath.Base(bin))
 			_ = cmd.Process.Kill()
 			<-exited
 		}
 		if t.Failed() {
-			t.Logf("----------- output of %s -----------\n%s", filepath.Base(binary), output.String())
+			t.Logf("----------- output of %s -----------\n%s", filepath.Base(bin), output.String())
 		}
 	})
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
@@ -276,7 +277,7 @@ func startCaddyProcess(t *testing.T, caddyfile string, port int, env ...string) 
 		select {
 		case err := <-exited:
 			exited <- err // for the cleanup
-			t.Fatalf("%s exited early: %v\n%s", binary, err, output.String())
+			t.Fatalf("%s exited early: %v\n%s", bin, err, output.String())
 		default:
 		}
 		resp, err := http.Get(base + "/health")

@@ -1,4 +1,4 @@
-package ailb
+package e2e
 
 import (
 	"context"

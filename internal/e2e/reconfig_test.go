@@ -1,4 +1,4 @@
-package ailb
+package e2e
 
 import (
 	"bufio"
@@ -125,7 +125,7 @@ func TestLiveReconfigurationUnderStreamingLoad(t *testing.T) {
 	// 3. `caddy reload`: another selection policy and hedging options.
 	file := filepath.Join(t.TempDir(), "Caddyfile")
 	require.NoError(t, os.WriteFile(file, []byte(reconfigCaddyfile(port, "ai-lb", "least_conn", "percentile 90\n\t\tdelay 100ms")), 0o600))
-	out, err := exec.Command(binary, "reload", "--config", file, "--adapter", "caddyfile",
+	out, err := exec.Command(binary(t), "reload", "--config", file, "--adapter", "caddyfile",
 		"--address", fmt.Sprintf("localhost:%d", adminPort)).CombinedOutput()
 	require.NoError(t, err, string(out))
 	waitDone(20)
