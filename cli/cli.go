@@ -1,6 +1,6 @@
 // Package cli adds the `ai-lb` subcommands to the Caddy binary, for node
-// operators: register, deregister and list nodes in the registry, and run
-// a simulated LLM node.
+// operators: register, deregister and list nodes in the registry. Other
+// packages add theirs with AddSubcommand (simnode/simnodecmd does).
 package cli
 
 import (
@@ -36,13 +36,25 @@ within about a second.
 --redis defaults to $REDIS_URL, else redis://127.0.0.1:6379.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(registerCommand(), deregisterCommand(), nodesCommand(), simnodeCommand())
+			cmd.AddCommand(registerCommand(), deregisterCommand(), nodesCommand())
+			for _, sub := range subcommands {
+				cmd.AddCommand(sub())
+			}
 		},
 	})
 }
 
-// registryFlags adds --redis and --prefix.
-func registryFlags(fs *pflag.FlagSet) {
+// subcommands are the `ai-lb` subcommands that other packages added.
+var subcommands []func() *cobra.Command
+
+// AddSubcommand adds a subcommand to `caddy ai-lb`. Call it from an init
+// function, before Caddy's command line is built.
+func AddSubcommand(newCommand func() *cobra.Command) {
+	subcommands = append(subcommands, newCommand)
+}
+
+// RegistryFlags adds --redis and --prefix.
+func RegistryFlags(fs *pflag.FlagSet) {
 	fs.String("redis", "", "Redis URL (default $REDIS_URL, else redis://127.0.0.1:6379)")
 	fs.String("prefix", registry.DefaultPrefix, "registry prefix")
 }
@@ -91,9 +103,10 @@ func nodeFromFlags(ctx context.Context, fs *pflag.FlagSet, nodeURL string) (regi
 	return n, n.Validate()
 }
 
-// nodeAndRegistry builds the node the flags describe and opens the
-// registry it goes to.
-func nodeAndRegistry(ctx context.Context, fs *pflag.FlagSet, nodeURL string) (registry.Node, *registry.Client, error) {
+// NodeAndRegistry builds the node that the flags of nodeFlags describe (a
+// command may define --id, --models and the like itself) and opens the
+// registry of RegistryFlags that it goes to.
+func NodeAndRegistry(ctx context.Context, fs *pflag.FlagSet, nodeURL string) (registry.Node, *registry.Client, error) {
 	node, err := nodeFromFlags(ctx, fs, nodeURL)
 	if err != nil {
 		return node, nil, err
@@ -141,12 +154,13 @@ func fetchModels(ctx context.Context, nodeURL string) ([]string, error) {
 	return models, nil
 }
 
-// signalContext ends on SIGINT or SIGTERM.
-func signalContext() (context.Context, context.CancelFunc) {
+// SignalContext ends on SIGINT or SIGTERM.
+func SignalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 
-func newLogger() *zap.Logger {
+// NewLogger returns the production logger of the ai-lb subcommands.
+func NewLogger() *zap.Logger {
 	logger, err := zap.NewProduction()
 	if err != nil {
 		return zap.NewNop()
@@ -170,9 +184,9 @@ it registers (one heartbeat) and exits.
 			if nodeURL == "" {
 				return fmt.Errorf("--url is required")
 			}
-			ctx, stop := signalContext()
+			ctx, stop := SignalContext()
 			defer stop()
-			node, client, err := nodeAndRegistry(ctx, fs, nodeURL)
+			node, client, err := NodeAndRegistry(ctx, fs, nodeURL)
 			if err != nil {
 				return err
 			}
@@ -184,12 +198,12 @@ it registers (one heartbeat) and exits.
 				fmt.Printf("registered %s (%s) serving %s\n", node.ID, node.URL, strings.Join(node.Models, ","))
 				return nil
 			}
-			agent := &registry.Agent{Client: client, Node: node, Logger: newLogger()}
+			agent := &registry.Agent{Client: client, Node: node, Logger: NewLogger()}
 			return agent.Run(ctx)
 		},
 	}
 	fs := cmd.Flags()
-	registryFlags(fs)
+	RegistryFlags(fs)
 	nodeFlags(fs)
 	fs.String("url", "", "the node's base URL, e.g. http://10.0.0.5:8000 (required)")
 	fs.Bool("once", false, "register once and exit instead of heartbeating")
@@ -223,7 +237,7 @@ func deregisterCommand() *cobra.Command {
 			return nil
 		},
 	}
-	registryFlags(cmd.Flags())
+	RegistryFlags(cmd.Flags())
 	cmd.Flags().String("id", "", "node ID (required)")
 	return cmd
 }
@@ -253,7 +267,7 @@ func nodesCommand() *cobra.Command {
 			return nil
 		},
 	}
-	registryFlags(cmd.Flags())
+	RegistryFlags(cmd.Flags())
 	cmd.Flags().Bool("json", false, "print JSON for scripts")
 	return cmd
 }

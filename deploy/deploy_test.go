@@ -30,6 +30,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	_ "github.com/ai-lb/ai-lb"
+	_ "github.com/ai-lb/ai-lb/simnode/simnodecmd"
 	"github.com/ai-lb/ai-lb/internal/testredis"
 	"github.com/ai-lb/ai-lb/registry"
 )

@@ -1,4 +1,10 @@
-package cli
+// Package simnodecmd adds `caddy ai-lb simnode` to a Caddy binary: a
+// simulated LLM node for the demo, the compose stack, tests and benchmarks.
+// It is not part of the module a user builds with
+// `xcaddy build --with github.com/ai-lb/ai-lb`; add
+// `--with github.com/ai-lb/ai-lb/simnode/simnodecmd` to get it (cmd/ai-lb
+// and scripts/build.sh do).
+package simnodecmd
 
 import (
 	"context"
@@ -11,9 +17,14 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/ai-lb/ai-lb/cli"
 	"github.com/ai-lb/ai-lb/registry"
 	"github.com/ai-lb/ai-lb/simnode"
 )
+
+func init() {
+	cli.AddSubcommand(simnodeCommand)
+}
 
 func simnodeCommand() *cobra.Command {
 	var cfg *simnode.Config
@@ -39,9 +50,9 @@ until it is stopped, then deregisters.
 			}
 			node := simnode.New(*cfg)
 			srv := &http.Server{Handler: node, ReadHeaderTimeout: 10 * time.Second}
-			ctx, stop := signalContext()
+			ctx, stop := cli.SignalContext()
 			defer stop()
-			logger := newLogger()
+			logger := cli.NewLogger()
 			served := make(chan error, 1)
 			go func() { served <- srv.Serve(ln) }()
 			logger.Info("simulated node listening", zap.String("addr", ln.Addr().String()), zap.String("id", cfg.ID))
@@ -54,7 +65,7 @@ until it is stopped, then deregisters.
 				}
 				// --id and --models are the simulator's own flags, so the
 				// registered node matches what it serves.
-				regNode, client, err := nodeAndRegistry(ctx, fs, advertise)
+				regNode, client, err := cli.NodeAndRegistry(ctx, fs, advertise)
 				if err != nil {
 					return err
 				}
@@ -86,7 +97,7 @@ until it is stopped, then deregisters.
 	fs.String("listen", "127.0.0.1:9001", "address to listen on")
 	fs.Bool("register", false, "register in the ai-lb registry and heartbeat")
 	fs.String("advertise", "", "URL to register (default http://<listen address>)")
-	registryFlags(fs)
+	cli.RegistryFlags(fs)
 	fs.Int("max-concurrency", 0, "registered max concurrency (0: no limit)")
 	fs.Float64("weight", 1, "registered weight")
 	fs.StringToString("label", nil, "registered labels, key=value (repeatable)")
