@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 )
 
@@ -143,52 +142,6 @@ func FromContext(ctx caddy.Context) (*App, error) {
 	return app.(*App), nil
 }
 
-// UnmarshalCaddyfile sets up the app from the `ai_lb` global option:
-//
-//	ai_lb {
-//		redis           <url>
-//		prefix          <prefix>
-//		resync_interval <duration>
-//		legacy_keys
-//	}
-func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume option name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
-		switch d.Val() {
-		case "redis":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			a.Redis = d.Val()
-		case "prefix":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			a.Prefix = d.Val()
-		case "resync_interval":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(d.Val())
-			if err != nil {
-				return d.Errf("parsing resync_interval: %v", err)
-			}
-			a.ResyncInterval = caddy.Duration(dur)
-		case "legacy_keys":
-			a.LegacyKeys = true
-		default:
-			return d.Errf("unrecognized ai_lb option '%s'", d.Val())
-		}
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-	}
-	return nil
-}
-
 // redactURL hides a password in a Redis URL for logging.
 func redactURL(s string) string {
 	u, err := url.Parse(s)
@@ -200,9 +153,8 @@ func redactURL(s string) string {
 
 // Interface guards
 var (
-	_ caddy.App             = (*App)(nil)
-	_ caddy.Provisioner     = (*App)(nil)
-	_ caddy.CleanerUpper    = (*App)(nil)
-	_ caddyfile.Unmarshaler = (*App)(nil)
-	_ caddy.Destructor      = (*pooledWatcher)(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+	_ caddy.Destructor   = (*pooledWatcher)(nil)
 )

@@ -5,7 +5,6 @@ import (
 	"net/http"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/ai-lb/ai-lb/registry"
@@ -117,20 +116,8 @@ func cost(u *reverseproxy.Upstream, snap *registry.Snapshot) float64 {
 	return float64(inFlight+1) / capacity
 }
 
-// UnmarshalCaddyfile sets up the policy from Caddyfile tokens:
-//
-//	lb_policy p2c
-func (p *P2C) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume policy name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	return nil
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner     = (*P2C)(nil)
 	_ reverseproxy.Selector = (*P2C)(nil)
-	_ caddyfile.Unmarshaler = (*P2C)(nil)
 )

@@ -4,10 +4,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/ai-lb/ai-lb/registry"
@@ -147,41 +145,9 @@ func upstream(m *registry.Member) *reverseproxy.Upstream {
 	return &reverseproxy.Upstream{Dial: m.Dial, MaxRequests: m.MaxConcurrency}
 }
 
-// UnmarshalCaddyfile sets up the source from Caddyfile tokens:
-//
-//	dynamic ai_lb {
-//		sample <n>
-//	}
-func (s *Source) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume upstream source name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
-		switch d.Val() {
-		case "sample":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			n, err := strconv.Atoi(d.Val())
-			if err != nil {
-				return d.Errf("parsing sample: %v", err)
-			}
-			s.Sample = n
-		default:
-			return d.Errf("unrecognized ai_lb upstreams option '%s'", d.Val())
-		}
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-	}
-	return nil
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Source)(nil)
 	_ caddy.Validator             = (*Source)(nil)
 	_ reverseproxy.UpstreamSource = (*Source)(nil)
-	_ caddyfile.Unmarshaler       = (*Source)(nil)
 )
