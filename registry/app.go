@@ -7,6 +7,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"github.com/ai-lb/ai-lb/health"
 )
 
 // App is the `ai_lb` app: the registry settings every ai-lb module of a
@@ -40,6 +42,7 @@ type App struct {
 	LegacyKeys bool `json:"legacy_keys,omitempty"`
 
 	watcher *Watcher
+	health  *health.Tracker
 	poolKey string
 }
 
@@ -47,10 +50,12 @@ type App struct {
 // that a config reload reuses the running one.
 var watchers = caddy.NewUsagePool()
 
-// pooledWatcher owns a watcher and its Redis client.
+// pooledWatcher owns a watcher and its Redis client, and the state of the
+// nodes it lists as this process sees them, which outlives reloads with it.
 type pooledWatcher struct {
 	watcher *Watcher
 	client  *Client
+	health  *health.Tracker
 }
 
 // Destruct stops the watcher and closes its Redis connection.
@@ -87,13 +92,15 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return nil, err
 		}
 		logger.Info("watching node registry", zap.String("redis", redactURL(redisURL)), zap.String("prefix", client.Keys().Nodes))
-		return &pooledWatcher{watcher: NewWatcher(client, opts, logger), client: client}, nil
+		return &pooledWatcher{watcher: NewWatcher(client, opts, logger), client: client,
+			health: health.NewTracker(logger, health.Events{})}, nil
 	})
 	if err != nil {
 		a.poolKey = ""
 		return fmt.Errorf("redis: %v", err)
 	}
-	a.watcher = val.(*pooledWatcher).watcher
+	pooled := val.(*pooledWatcher)
+	a.watcher, a.health = pooled.watcher, pooled.health
 	// A new watcher (first start, or a reload that changed the registry
 	// settings) must not serve an empty snapshot before it has read the
 	// registry once. An unreachable Redis fails that read fast, or the
@@ -128,6 +135,9 @@ func (a *App) Cleanup() error {
 
 // Watcher returns the registry watcher.
 func (a *App) Watcher() *Watcher { return a.watcher }
+
+// Health returns this process's state of the registry's nodes.
+func (a *App) Health() *health.Tracker { return a.health }
 
 // Snapshot returns the current live nodes.
 func (a *App) Snapshot() *Snapshot { return a.watcher.Snapshot() }

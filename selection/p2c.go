@@ -3,6 +3,7 @@ package selection
 import (
 	"math/rand/v2"
 	"net/http"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -13,15 +14,20 @@ import (
 
 // P2C is the `p2c` selection policy: power of two choices. It samples two
 // distinct available upstreams at random and picks the one with the lower
-// cost, where
+// cost. When both nodes declare max_concurrency the cost is their
+// utilisation,
 //
 //	cost = (in-flight requests + 1) / (max_concurrency × weight)
 //
-// (max_concurrency 0 counts as 1). In-flight is Caddy's process-wide count
-// of live requests to that address, streams included, so hedged attempts
-// count as load. Nodes this request has not tried yet are preferred; tried
-// ones are used when no other is available, so a model served by a single
-// node can still be retried.
+// and otherwise (in-flight requests + 1) / weight, since a node with no
+// declared limit has no utilisation to compare. In-flight is Caddy's
+// process-wide count of live requests to that address, streams included,
+// so hedged attempts count as load. Nodes this request has not tried yet
+// are preferred; tried ones are used when no other is available, so a
+// model served by a single node can still be retried.
+//
+// The chosen node begins the request's attempt in the node health state,
+// so its outcome counts for the node.
 type P2C struct {
 	app *registry.App
 }
@@ -90,26 +96,32 @@ func (p *P2C) Select(pool reverseproxy.UpstreamPool, r *http.Request, _ http.Res
 	chosen := first
 	if second != nil && second != first {
 		snap := p.app.Snapshot()
-		if cost(second, snap) < cost(first, snap) {
+		a, b := snap.ByDial(first.Dial), snap.ByDial(second.Dial)
+		bounded := a != nil && b != nil && a.MaxConcurrency > 0 && b.MaxConcurrency > 0
+		if cost(second, b, bounded) < cost(first, a, bounded) {
 			chosen = second
 		}
 	}
 	if chosen != nil {
 		req.MarkTried(chosen.Dial)
+		if attempt := request.AttemptFrom(r.Context()); attempt != nil {
+			attempt.Begin(p.app.Health().Node(chosen.Dial), time.Now())
+		}
 	}
 	return chosen
 }
 
-// cost is the load of an upstream relative to its capacity.
-func cost(u *reverseproxy.Upstream, snap *registry.Snapshot) float64 {
+// cost is the load of an upstream (registry member m, nil if unknown)
+// relative to its weight, and to its max_concurrency when bounded.
+func cost(u *reverseproxy.Upstream, m *registry.Member, bounded bool) float64 {
 	inFlight := 0
 	if u.Host != nil {
 		inFlight = u.Host.NumRequests()
 	}
 	capacity := 1.0
-	if m := snap.ByDial(u.Dial); m != nil {
+	if m != nil {
 		capacity = m.EffectiveWeight()
-		if m.MaxConcurrency > 0 {
+		if bounded {
 			capacity *= float64(m.MaxConcurrency)
 		}
 	}

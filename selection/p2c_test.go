@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ai-lb/ai-lb/health"
 	"github.com/ai-lb/ai-lb/internal/testredis"
 	"github.com/ai-lb/ai-lb/registry"
 	"github.com/ai-lb/ai-lb/request"
@@ -178,8 +179,8 @@ func TestP2CCost(t *testing.T) {
 		{"10.0.1.1:80", "10.0.1.2:80", "10.0.1.1:80"}, // max_concurrency 8 over 1
 		{"10.0.1.2:80", "10.0.1.3:80", "10.0.1.3:80"}, // weight 16 over 1
 		{"10.0.1.3:80", "10.0.1.1:80", "10.0.1.3:80"}, // 16 over 8
-		{"10.0.1.4:80", "10.0.1.1:80", "10.0.1.1:80"}, // unset counts as 1
-		{"10.0.9.9:80", "10.0.1.1:80", "10.0.1.1:80"}, // unknown to the registry counts as 1
+		{"10.0.1.4:80", "10.0.1.3:80", "10.0.1.3:80"}, // one unbounded: by weight alone, 16 over 1
+		{"10.0.9.9:80", "10.0.1.3:80", "10.0.1.3:80"}, // unknown to the registry: weight 1
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s vs %s", tt.a, tt.b), func(t *testing.T) {
@@ -190,6 +191,22 @@ func TestP2CCost(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestP2CUnboundedNotPenalised: a node without max_concurrency is not
+// taken for a node of capacity 1 next to a bounded one.
+func TestP2CUnboundedNotPenalised(t *testing.T) {
+	app, client := newTestApp(t)
+	register(t, app, client,
+		registry.Node{ID: "big", URL: "http://10.0.1.1:80", MaxConcurrency: 8},
+		registry.Node{ID: "plain", URL: "http://10.0.1.4:80"},
+	)
+	p := &P2C{app: app}
+	chosen := map[string]int{}
+	for range 200 {
+		chosen[p.Select(pool("10.0.1.1:80", "10.0.1.4:80"), withRequest(new(request.Info)), nil).Dial]++
+	}
+	require.Greater(t, chosen["10.0.1.4:80"], 50, "equal cost when idle: %v", chosen)
 }
 
 // TestSourceGetUpstreams checks that the source offers the live nodes that
@@ -223,4 +240,46 @@ func TestSourceGetUpstreams(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestNodeHealthRouting: the source leaves out nodes this process has at
+// max_concurrency and ejected ones, and the policy begins each attempt on
+// the node it picks.
+func TestNodeHealthRouting(t *testing.T) {
+	app, client := newTestApp(t)
+	register(t, app, client,
+		registry.Node{ID: "a", URL: "http://10.0.3.1:80", Models: []string{"m"}, MaxConcurrency: 1},
+		registry.Node{ID: "b", URL: "http://10.0.3.2:80", Models: []string{"m"}},
+	)
+	s := &Source{Sample: DefaultSample, app: app}
+	p := &P2C{app: app}
+	nodes := app.Health()
+	offered := func() []string {
+		ups, err := s.GetUpstreams(withRequest(&request.Info{Model: "m"}))
+		require.NoError(t, err)
+		return dials(ups)
+	}
+	require.ElementsMatch(t, []string{"10.0.3.1:80", "10.0.3.2:80"}, offered())
+
+	// The policy begins the attempt: a is full until it ends.
+	attempt := new(request.Attempt)
+	r := withRequest(&request.Info{Model: "m"})
+	r = r.WithContext(request.WithAttempt(r.Context(), attempt))
+	require.Equal(t, "10.0.3.1:80", p.Select(pool("10.0.3.1:80"), r, nil).Dial)
+	require.Equal(t, 1, nodes.Node("10.0.3.1:80").InFlight())
+	require.Equal(t, []string{"10.0.3.2:80"}, offered(), "a full node is not offered")
+	attempt.End(health.Succeeded, time.Now())
+	require.Zero(t, nodes.Node("10.0.3.1:80").InFlight())
+
+	// b fails until ejected: not offered while a can take the request.
+	now := time.Now()
+	for range health.Defaults.ConsecutiveFailures {
+		nodes.Node("10.0.3.2:80").Begin(now).End(health.Failed, now)
+	}
+	require.Equal(t, []string{"10.0.3.1:80"}, offered())
+
+	// With a full too, the ejected node is still tried rather than none.
+	busy := nodes.Node("10.0.3.1:80").Begin(now)
+	require.Equal(t, []string{"10.0.3.2:80"}, offered())
+	busy.End(health.Succeeded, now)
 }

@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
+	"github.com/ai-lb/ai-lb/health"
 	"github.com/ai-lb/ai-lb/registry"
 	"github.com/ai-lb/ai-lb/request"
 )
@@ -61,7 +63,9 @@ func (s *Source) Validate() error {
 }
 
 // GetUpstreams returns fresh upstreams for the request: reverse_proxy
-// writes into them, so they are never shared between calls.
+// writes into them, so they are never shared between calls. Nodes that
+// this process has at max_concurrency are left out, and so are ejected
+// ones unless no other node can take the request.
 func (s *Source) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
 	req := request.Of(r)
 	snap := s.app.Snapshot()
@@ -69,18 +73,43 @@ func (s *Source) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error)
 	if req.Model != "" {
 		members = snap.ServingModel(req.Model)
 	}
-	return sample(members, req, s.Sample), nil
+	nodes, now := s.app.Health(), time.Now()
+	return sample(members, s.Sample, func(m *registry.Member) class {
+		if node := nodes.Lookup(m.Dial); node != nil {
+			if node.Full(m.MaxConcurrency) {
+				return full
+			}
+			if node.State(now) == health.Ejected {
+				return ejected
+			}
+		}
+		if req.Tried(m.Dial) {
+			return tried
+		}
+		return untried
+	}), nil
 }
 
-// sample picks at most k members at random, untried ones first.
-func sample(members []*registry.Member, req *request.Info, k int) []*reverseproxy.Upstream {
+// class ranks a member for one attempt of a request.
+type class int
+
+const (
+	untried class = iota // offered first
+	tried                // offered when too few untried ones exist
+	ejected              // offered only when no other member can be
+	full                 // never offered
+)
+
+// sample picks at most k members at random, by class: untried ones first,
+// then tried ones, and ejected ones only when there is nothing else (a
+// cluster whose every node looks bad is still tried, not refused).
+func sample(members []*registry.Member, k int, classOf func(*registry.Member) class) []*reverseproxy.Upstream {
 	n := len(members)
 	ups := make([]*reverseproxy.Upstream, 0, min(n, k))
 	if n <= k {
-		// Every member fits: untried first, then tried.
-		for pass := 0; pass < 2; pass++ {
+		for want := untried; want <= ejected && (want < ejected || len(ups) == 0); want++ {
 			for _, m := range members {
-				if req.Tried(m.Dial) == (pass == 1) {
+				if classOf(m) == want {
 					ups = append(ups, upstream(m))
 				}
 			}
@@ -90,21 +119,27 @@ func sample(members []*registry.Member, req *request.Info, k int) []*reverseprox
 	// Draw members in random order, without replacement, until k untried
 	// ones turn up: a Fisher–Yates shuffle of the indexes done lazily (k
 	// is small, n may be large) by recording only the displaced slots.
-	// Tried ones are kept aside in case too few untried exist. The draws
-	// number k plus the tried members met, which are few.
-	var picked, spare []int
+	// Others are kept aside in case too few untried exist. The draws
+	// number k plus the others met, which are few unless many nodes are
+	// full or ejected.
+	var picked, spare, standby []int
 	var buf [8]swap
 	moved := buf[:0] // displaced slots; the others hold their own index
 	for i := 0; i < n && len(picked) < k; i++ {
 		j := i + rand.IntN(n-i)
 		v := slotOf(moved, j)
 		moved = setSlot(moved, j, slotOf(moved, i))
-		if req.Tried(members[v].Dial) {
+		switch classOf(members[v]) {
+		case untried:
+			picked = append(picked, v)
+		case tried:
 			if len(spare) < k {
 				spare = append(spare, v)
 			}
-		} else {
-			picked = append(picked, v)
+		case ejected:
+			if len(standby) < k {
+				standby = append(standby, v)
+			}
 		}
 	}
 	for _, i := range picked {
@@ -115,6 +150,11 @@ func sample(members []*registry.Member, req *request.Info, k int) []*reverseprox
 			break
 		}
 		ups = append(ups, upstream(members[i]))
+	}
+	if len(ups) == 0 {
+		for _, i := range standby {
+			ups = append(ups, upstream(members[i]))
+		}
 	}
 	return ups
 }

@@ -35,6 +35,48 @@ func triedReq(ms []*registry.Member, tried ...int) *request.Info {
 	return req
 }
 
+// byTried classes members by whether req tried them, as GetUpstreams does
+// for nodes with no health state.
+func byTried(req *request.Info) func(*registry.Member) class {
+	return func(m *registry.Member) class {
+		if req.Tried(m.Dial) {
+			return tried
+		}
+		return untried
+	}
+}
+
+// byDial classes members by a table keyed by dial (untried when absent).
+func byDial(classes map[string]class) func(*registry.Member) class {
+	return func(m *registry.Member) class { return classes[m.Dial] }
+}
+
+func TestSampleClasses(t *testing.T) {
+	for _, n := range []int{4, 40} { // every member fits, and the lazy shuffle
+		ms := testMembers(n)
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			classes := map[string]class{}
+			for i, m := range ms {
+				classes[m.Dial] = []class{full, ejected}[i%2]
+			}
+			ups := sample(ms, 4, byDial(classes))
+			require.NotEmpty(t, ups, "ejected nodes are offered when nothing else can be")
+			for _, u := range ups {
+				require.Equal(t, ejected, classes[u.Dial], "never a full node")
+			}
+
+			classes[ms[0].Dial] = tried
+			ups = sample(ms, 4, byDial(classes))
+			require.Equal(t, []string{ms[0].Dial}, dials(ups), "a tried node before any ejected one")
+
+			for _, m := range ms {
+				classes[m.Dial] = full
+			}
+			require.Empty(t, sample(ms, 4, byDial(classes)), "every node full: none offered")
+		})
+	}
+}
+
 func dials(ups []*reverseproxy.Upstream) []string {
 	out := make([]string, len(ups))
 	for i, u := range ups {
@@ -60,7 +102,7 @@ func TestSampleAllFit(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ups := sample(ms[:tt.n], triedReq(ms, tt.tried...), tt.k)
+			ups := sample(ms[:tt.n], tt.k, byTried(triedReq(ms, tt.tried...)))
 			want := make([]string, len(tt.want))
 			for i, m := range tt.want {
 				want[i] = ms[m].Dial
@@ -102,7 +144,7 @@ func TestSampleMoreThanK(t *testing.T) {
 			req := triedReq(ms, tt.tried...)
 			untried := tt.n - len(tt.tried)
 			for range draws {
-				ups := sample(ms, req, tt.k)
+				ups := sample(ms, tt.k, byTried(req))
 				got := dials(ups)
 				require.Len(t, got, tt.k)
 				seen := map[string]bool{}
@@ -134,7 +176,7 @@ func TestSampleFindsLastUntried(t *testing.T) {
 			last := ms[n-1].Dial
 			found := 0
 			for range draws {
-				ups := sample(ms, req, 4)
+				ups := sample(ms, 4, byTried(req))
 				require.Len(t, ups, 4)
 				if ups[0].Dial == last {
 					found++
@@ -161,7 +203,7 @@ func TestSampleUniform(t *testing.T) {
 			req := triedReq(ms, tt.tried...)
 			counts := map[string]int{}
 			for range draws {
-				for _, u := range sample(ms, req, tt.k) {
+				for _, u := range sample(ms, tt.k, byTried(req)) {
 					counts[u.Dial]++
 				}
 			}
@@ -187,7 +229,7 @@ func BenchmarkSample(b *testing.B) {
 			req := triedReq(ms, 0)
 			b.ReportAllocs()
 			for b.Loop() {
-				if len(sample(ms, req, DefaultSample)) == 0 {
+				if len(sample(ms, DefaultSample, byTried(req))) == 0 {
 					b.Fatal("empty sample")
 				}
 			}
