@@ -75,14 +75,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "max_attempts":
 			h.MaxAttempts, err = strconv.Atoi(val)
 		case "budget_min":
-			h.BudgetMin, err = strconv.Atoi(val)
+			var n int
+			n, err = strconv.Atoi(val)
+			h.BudgetMin = &n
 		case "budget":
+			var f float64
 			if pct, ok := strings.CutSuffix(val, "%"); ok {
-				h.Budget, err = strconv.ParseFloat(pct, 64)
-				h.Budget /= 100
+				f, err = strconv.ParseFloat(pct, 64)
+				f /= 100
 			} else {
-				h.Budget, err = strconv.ParseFloat(val, 64)
+				f, err = strconv.ParseFloat(val, 64)
 			}
+			h.Budget = &f
 		case "max_body_size":
 			var size uint64
 			size, err = humanize.ParseBytes(val)

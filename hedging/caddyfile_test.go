@@ -38,12 +38,15 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		}`, want: Handler{
 			Delay: caddyDuration(150 * time.Millisecond), Percentile: 99.5, Window: caddyDuration(time.Minute),
 			MinSamples: 50, MinDelay: caddyDuration(20 * time.Millisecond), MaxDelay: caddyDuration(5 * time.Second),
-			MaxAttempts: 3, Budget: 0.25, BudgetWindow: caddyDuration(30 * time.Second), BudgetMin: 2,
+			MaxAttempts: 3, Budget: ptr(0.25), BudgetWindow: caddyDuration(30 * time.Second), BudgetMin: ptr(2),
 			MaxBodySize: 1024, Paths: []string{"/v1/chat/completions", "/v1/completions"}, ResponseHeaders: true,
 		}},
-		{name: "budget percent", input: "hedge {\n budget 10%\n}", want: Handler{Budget: 0.1}},
-		{name: "budget fraction", input: "hedge {\n budget 0.1\n}", want: Handler{Budget: 0.1}},
-		{name: "budget 100%", input: "hedge {\n budget 100%\n}", want: Handler{Budget: 1}},
+		{name: "budget percent", input: "hedge {\n budget 10%\n}", want: Handler{Budget: ptr(0.1)}},
+		{name: "budget fraction", input: "hedge {\n budget 0.1\n}", want: Handler{Budget: ptr(0.1)}},
+		{name: "budget 100%", input: "hedge {\n budget 100%\n}", want: Handler{Budget: ptr(1.0)}},
+		{name: "budget 0 is kept", input: "hedge {\n budget 0\n}", want: Handler{Budget: ptr(0.0)}},
+		{name: "budget 0% is kept", input: "hedge {\n budget 0%\n}", want: Handler{Budget: ptr(0.0)}},
+		{name: "budget_min 0 is kept", input: "hedge {\n budget_min 0\n}", want: Handler{BudgetMin: ptr(0)}},
 		{name: "decimal size", input: "hedge {\n max_body_size 2MB\n}", want: Handler{MaxBodySize: 2_000_000}},
 		{name: "caddy day duration", input: "hedge {\n window 1d\n}", want: Handler{Window: caddyDuration(24 * time.Hour)}},
 
@@ -78,7 +81,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 func TestValidate(t *testing.T) {
 	valid := func() *Handler {
 		return &Handler{MinDelay: caddyDuration(10 * time.Millisecond), MaxDelay: caddyDuration(30 * time.Second),
-			MaxAttempts: 2, Budget: 0.1, BudgetMin: 1, MaxBodySize: 1 << 20}
+			MaxAttempts: 2, Budget: ptr(0.1), BudgetMin: ptr(1), MaxBodySize: 1 << 20}
 	}
 	require.NoError(t, valid().Validate())
 	for _, tc := range []struct {
@@ -91,9 +94,9 @@ func TestValidate(t *testing.T) {
 		{"min_delay", func(h *Handler) { h.MinDelay = caddyDuration(time.Minute) }},
 		{"max_attempts", func(h *Handler) { h.MaxAttempts = 0 }},
 		{"max_attempts", func(h *Handler) { h.MaxAttempts = 11 }},
-		{"budget", func(h *Handler) { h.Budget = -0.1 }},
-		{"budget", func(h *Handler) { h.Budget = 1.5 }},
-		{"budget_min", func(h *Handler) { h.BudgetMin = -1 }},
+		{"budget", func(h *Handler) { h.Budget = ptr(-0.1) }},
+		{"budget", func(h *Handler) { h.Budget = ptr(1.5) }},
+		{"budget_min", func(h *Handler) { h.BudgetMin = ptr(-1) }},
 		{"max_body_size", func(h *Handler) { h.MaxBodySize = -1 }},
 	} {
 		h := valid()
@@ -104,8 +107,13 @@ func TestValidate(t *testing.T) {
 	}
 	// Boundaries are valid.
 	h := valid()
-	h.Percentile, h.Budget, h.MaxAttempts, h.BudgetMin = 100, 1, 10, 0
+	h.Percentile, h.Budget, h.MaxAttempts, h.BudgetMin = 100, ptr(1.0), 10, ptr(0)
 	require.NoError(t, h.Validate())
-	h.Budget, h.MaxAttempts = 0, 1
+	h.Budget, h.MaxAttempts = ptr(0.0), 1
+	require.NoError(t, h.Validate())
+	// Unset is valid: Provision uses the defaults.
+	h.Budget, h.BudgetMin = nil, nil
 	require.NoError(t, h.Validate())
 }
+
+func ptr[T any](v T) *T { return &v }

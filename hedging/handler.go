@@ -65,16 +65,22 @@ type Handler struct {
 	// Default: 2.
 	MaxAttempts int `json:"max_attempts,omitempty"`
 
-	// Budget is the largest fraction of extra attempts over hedgeable
-	// requests in BudgetWindow. Default: 0.1.
-	Budget float64 `json:"budget,omitempty"`
+	// Budget is the largest fraction of extra attempts (hedges and
+	// retries after a failure alike) over hedgeable requests in
+	// BudgetWindow, on top of BudgetMin. Unset (nil): 0.1. 0: no
+	// proportional allowance, only BudgetMin extra attempts per window.
+	Budget *float64 `json:"budget,omitempty"`
 
 	// BudgetWindow is the sliding window of the budget. Default: 10s.
 	BudgetWindow caddy.Duration `json:"budget_window,omitempty"`
 
 	// BudgetMin is a number of extra attempts always allowed per window,
-	// so that a quiet service can still hedge. Default: 1.
-	BudgetMin int `json:"budget_min,omitempty"`
+	// so that a quiet service can still hedge. Unset (nil): 1. 0: no
+	// floor, only the Budget fraction. With Budget 0 as well no extra
+	// attempt is ever made, neither a hedge nor a retry after a failure:
+	// each request gets one attempt (reverse_proxy's own retries within
+	// it still apply).
+	BudgetMin *int `json:"budget_min,omitempty"`
 
 	// MaxBodySize is the largest request body hedged; larger ones are
 	// proxied once. It must not exceed the ai_lb handler's limit.
@@ -140,14 +146,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxAttempts == 0 {
 		h.MaxAttempts = defaultMaxAttempts
 	}
-	if h.Budget == 0 {
-		h.Budget = defaultBudget
-	}
 	if h.BudgetWindow == 0 {
 		h.BudgetWindow = caddy.Duration(defaultBudgetWin)
-	}
-	if h.BudgetMin == 0 {
-		h.BudgetMin = defaultBudgetMin
 	}
 	if h.MaxBodySize == 0 {
 		h.MaxBodySize = defaultMaxBody
@@ -155,7 +155,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if len(h.Paths) == 0 {
 		h.Paths = defaultPaths
 	}
-	h.budget = newBudget(h.Budget, h.BudgetMin, time.Duration(h.BudgetWindow))
+	ratio, floor := defaultBudget, defaultBudgetMin
+	if h.Budget != nil {
+		ratio = *h.Budget
+	}
+	if h.BudgetMin != nil {
+		floor = *h.BudgetMin
+	}
+	h.budget = newBudget(ratio, floor, time.Duration(h.BudgetWindow))
 	h.delays = new(delays)
 	m, err := registerMetrics(ctx.GetMetricsRegistry())
 	if err != nil {
@@ -176,10 +183,10 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("min_delay: %v exceeds max_delay %v", time.Duration(h.MinDelay), time.Duration(h.MaxDelay))
 	case h.MaxAttempts < 1 || h.MaxAttempts > 10:
 		return fmt.Errorf("max_attempts: must be within 1-10, got %d", h.MaxAttempts)
-	case h.Budget < 0 || h.Budget > 1:
-		return fmt.Errorf("budget: must be within 0-1 (a fraction of requests), got %v", h.Budget)
-	case h.BudgetMin < 0:
-		return fmt.Errorf("budget_min: must not be negative")
+	case h.Budget != nil && (*h.Budget < 0 || *h.Budget > 1):
+		return fmt.Errorf("budget: must be within 0-1 (a fraction of requests), got %v", *h.Budget)
+	case h.BudgetMin != nil && *h.BudgetMin < 0:
+		return fmt.Errorf("budget_min: must not be negative, got %d", *h.BudgetMin)
 	case h.Window < 0:
 		return fmt.Errorf("window: must not be negative")
 	case h.BudgetWindow < 0:

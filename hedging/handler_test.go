@@ -21,12 +21,12 @@ import (
 
 // testHandler is a Handler set up as Provision would, without Caddy.
 func testHandler(delay time.Duration) *Handler {
-	h := &Handler{Delay: caddy.Duration(delay), MaxAttempts: 2, Budget: 1, BudgetMin: 1,
+	h := &Handler{Delay: caddy.Duration(delay), MaxAttempts: 2, Budget: ptr(1.0), BudgetMin: ptr(1),
 		BudgetWindow: caddy.Duration(time.Minute), MaxBodySize: 1 << 10, Paths: defaultPaths,
 		ResponseHeaders: true, Window: caddy.Duration(time.Minute), MinSamples: 20,
 		MinDelay: caddy.Duration(time.Millisecond), MaxDelay: caddy.Duration(time.Minute)}
 	h.logger = zap.NewNop()
-	h.budget = newBudget(h.Budget, h.BudgetMin, time.Duration(h.BudgetWindow))
+	h.budget = newBudget(*h.Budget, *h.BudgetMin, time.Duration(h.BudgetWindow))
 	h.delays = new(delays)
 	h.metrics = newMetrics()
 	return h
