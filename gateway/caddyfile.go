@@ -37,7 +37,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return d.Errf("parsing min_nodes: %v", err)
 			}
-			h.MinNodes = n
+			h.MinNodes = &n
 		case "retry_after":
 			dur, err := caddy.ParseDuration(d.Val())
 			if err != nil {

@@ -33,15 +33,17 @@ type Handler struct {
 	MaxBodySize int64 `json:"max_body_size,omitempty"`
 
 	// MinNodes is the number of live nodes below which GET /health
-	// answers 503. Default: 1.
-	MinNodes int `json:"min_nodes,omitempty"`
+	// answers 503. Unset (nil): 1. 0: no floor, GET /health answers 200
+	// even with no live node.
+	MinNodes *int `json:"min_nodes,omitempty"`
 
 	// RetryAfter is the Retry-After sent with 503 answers when no node is
 	// available. Default: 2s.
 	RetryAfter caddy.Duration `json:"retry_after,omitempty"`
 
-	app    *registry.App
-	logger *zap.Logger
+	minNodes int // MinNodes, or its default
+	app      *registry.App
+	logger   *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -55,15 +57,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision sets defaults and joins the config's registry.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	if h.MaxBodySize == 0 {
-		h.MaxBodySize = request.DefaultMaxBody
-	}
-	if h.MinNodes == 0 {
-		h.MinNodes = 1
-	}
-	if h.RetryAfter == 0 {
-		h.RetryAfter = caddy.Duration(2 * time.Second)
-	}
+	h.setDefaults()
 	app, err := registry.FromContext(ctx)
 	if err != nil {
 		return err
@@ -72,13 +66,30 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// setDefaults fills in the unset settings.
+func (h *Handler) setDefaults() {
+	if h.MaxBodySize == 0 {
+		h.MaxBodySize = request.DefaultMaxBody
+	}
+	h.minNodes = defaultMinNodes
+	if h.MinNodes != nil {
+		h.minNodes = *h.MinNodes
+	}
+	if h.RetryAfter == 0 {
+		h.RetryAfter = caddy.Duration(2 * time.Second)
+	}
+}
+
+// defaultMinNodes is the default Handler.MinNodes.
+const defaultMinNodes = 1
+
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
 	if h.MaxBodySize < 0 {
 		return fmt.Errorf("max_body_size: must not be negative")
 	}
-	if h.MinNodes < 0 {
-		return fmt.Errorf("min_nodes: must not be negative")
+	if h.MinNodes != nil && *h.MinNodes < 0 {
+		return fmt.Errorf("min_nodes: must not be negative, got %d", *h.MinNodes)
 	}
 	if h.RetryAfter < 0 {
 		return fmt.Errorf("retry_after: must not be negative")

@@ -40,11 +40,11 @@ func (h *Handler) serveRegistry(w http.ResponseWriter, r *http.Request) bool {
 			Status:          "ok",
 			NodesFound:      len(snap.Members),
 			Models:          len(snap.Models()),
-			MinimumRequired: h.MinNodes,
+			MinimumRequired: h.minNodes,
 			RegistrySynced:  snap.Synced,
 		}
 		status := http.StatusOK
-		if body.NodesFound < h.MinNodes {
+		if body.NodesFound < h.minNodes {
 			body.Status, status = "unavailable", http.StatusServiceUnavailable
 		}
 		writeJSON(w, status, body)
