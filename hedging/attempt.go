@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/ai-lb/ai-lb/request"
 )
 
 // errLost is what a losing attempt's writes return: its stream is not
@@ -28,11 +30,17 @@ const maxHeld = 64 << 10
 // a winning attempt writes to the client.
 type attempt struct {
 	race   *race
-	index  int // 1 for the first attempt
+	index  int  // 1 for the first attempt
+	kind   kind // why it started
 	start  time.Time
 	cancel context.CancelFunc
-	done   chan struct{}   // closed when the attempt's handler returned
-	repl   *caddy.Replacer // the attempt's replacer overlay
+	done   chan struct{}    // closed when the attempt's handler returned
+	repl   *caddy.Replacer  // the attempt's replacer overlay
+	slot   *request.Attempt // the node the policy picks for it
+
+	// racesBefore is how many attempt runners had run the request when
+	// this attempt started: more after it means one ran inside it.
+	racesBefore int32
 
 	// Set by the attempt's goroutine; read after done is closed, or under
 	// race.mu.
@@ -52,9 +60,11 @@ type attempt struct {
 func (a *attempt) Header() http.Header { return a.header }
 
 // WriteHeader records the status. 1xx answers are dropped, and so is the
-// 499 that reverse_proxy writes when the attempt is cancelled. A client
-// error (4xx other than 429) ends the race at once: it is final, and the
-// same request would fail on any node.
+// 499 that reverse_proxy writes when the attempt is cancelled. A redirect
+// wins at once: it is an answer. So does a client error (4xx other than
+// 429) when no other attempt is running, since the same request would
+// fail on any node; while another runs, it is held like a failure, in
+// case the other answers.
 func (a *attempt) WriteHeader(status int) {
 	if status < 200 || status == 499 || a.status != 0 {
 		return
@@ -62,7 +72,7 @@ func (a *attempt) WriteHeader(status int) {
 	a.status = status
 	a.sse = strings.HasPrefix(a.header.Get("Content-Type"), "text/event-stream")
 	a.atLineHead = true
-	if isClientError(status) {
+	if status < 400 && status >= 300 || isClientError(status) && a.race.alone(a) {
 		a.race.claim(a)
 	}
 }
@@ -77,7 +87,7 @@ func (a *attempt) Write(p []byte) (int, error) {
 	if a.won {
 		return a.race.w.Write(p)
 	}
-	if a.status >= 300 {
+	if a.status >= 400 {
 		// A failed answer, held (bounded) as the reply of last resort.
 		if room := maxHeld - a.held.Len(); room > 0 {
 			a.held.Write(p[:min(len(p), room)])
@@ -140,8 +150,14 @@ func (a *attempt) FlushError() error {
 func (a *attempt) Flush() { _ = a.FlushError() }
 
 // Unwrap gives http.ResponseController the client's writer, for the
-// controls a wrapper cannot provide.
-func (a *attempt) Unwrap() http.ResponseWriter { return a.race.w }
+// controls a wrapper cannot provide, once the attempt has won: before,
+// the client's connection is not the attempt's to touch.
+func (a *attempt) Unwrap() http.ResponseWriter {
+	if !a.race.isWinner(a) {
+		return nil
+	}
+	return a.race.w
+}
 
 // writeHeld sends a held answer (the reply of last resort) to w.
 func (a *attempt) writeHeld(w http.ResponseWriter) {
@@ -187,6 +203,36 @@ func (r *race) claim(a *attempt) bool {
 	a.won = true
 	if a.held.Len() > 0 {
 		_, _ = r.w.Write(a.held.Bytes())
+	}
+	return true
+}
+
+// isWinner reports whether a has won the race.
+func (r *race) isWinner(a *attempt) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.winner == a
+}
+
+// decided reports whether some attempt has won.
+func (r *race) decided() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.winner != nil
+}
+
+// alone reports whether a is the only attempt still running.
+func (r *race) alone(a *attempt) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, other := range r.attempts {
+		select {
+		case <-other.done:
+		default:
+			if other != a {
+				return false
+			}
+		}
 	}
 	return true
 }

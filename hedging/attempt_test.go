@@ -137,17 +137,48 @@ func TestAttemptFailedAnswerHeldBounded(t *testing.T) {
 	require.Equal(t, "bad", out.Body.String())
 }
 
-func TestAttemptClientErrorWinsAtOnce(t *testing.T) {
+func TestAttemptClientErrorWinsWhenAlone(t *testing.T) {
 	rc, rec, add := newTestRace()
 	a, b := add(), add()
 	a.WriteHeader(http.StatusTooManyRequests) // retryable: does not win
 	require.Nil(t, rc.winner)
 	b.WriteHeader(http.StatusBadRequest)
-	require.Same(t, b, rc.winner)
+	require.Nil(t, rc.winner, "a client error while another attempt runs is held")
+	_, err := b.Write([]byte("held"))
+	require.NoError(t, err)
+	require.Equal(t, "held", b.held.String())
+
+	close(a.done)
+	close(b.done)
+	c := add()
+	c.WriteHeader(http.StatusBadRequest)
+	require.Same(t, c, rc.winner, "alone, a client error wins at once")
 	require.Equal(t, http.StatusBadRequest, rec.Code)
-	_, err := b.Write([]byte("bad request"))
+	_, err = c.Write([]byte("bad request"))
 	require.NoError(t, err)
 	require.Equal(t, "bad request", rec.Body.String())
+}
+
+func TestAttemptRedirectWinsAtOnce(t *testing.T) {
+	rc, rec, add := newTestRace()
+	a, b := add(), add()
+	b.header.Set("Location", "/elsewhere")
+	b.WriteHeader(http.StatusFound)
+	require.Same(t, b, rc.winner, "a redirect is an answer, not a failure")
+	require.Equal(t, http.StatusFound, rec.Code)
+	require.Equal(t, "/elsewhere", rec.Header().Get("Location"))
+	_, err := a.Write([]byte("x"))
+	require.ErrorIs(t, err, errLost)
+}
+
+func TestAttemptUnwrapOnlyForTheWinner(t *testing.T) {
+	rc, rec, add := newTestRace()
+	a, b := add(), add()
+	require.Nil(t, a.Unwrap(), "not the client's writer before winning")
+	b.WriteHeader(http.StatusOK)
+	rc.claim(b)
+	require.Nil(t, a.Unwrap())
+	require.Same(t, http.ResponseWriter(rec), b.Unwrap())
 }
 
 func TestAttemptDropsInformationalAnd499(t *testing.T) {

@@ -9,16 +9,29 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/stretchr/testify/require"
+
+	"github.com/ai-lb/ai-lb/health"
 )
 
-// provisioned sets up h as Caddy would and returns its budget.
-func provisioned(t *testing.T, h *Handler) *budget {
+// provisioned sets up h as Caddy would and returns its hedge budget.
+func provisioned(t *testing.T, h *Handler) *health.Budget {
 	t.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
 	require.NoError(t, h.Provision(ctx))
 	require.NoError(t, h.Validate())
-	return h.budget
+	return h.runner.HedgeBudget
+}
+
+// takes counts how many of n takes at now the budget grants.
+func takes(b *health.Budget, now time.Time, n int) int {
+	granted := 0
+	for range n {
+		if b.Take(now) {
+			granted++
+		}
+	}
+	return granted
 }
 
 // TestBudgetUnsetAndZero checks that an unset budget or budget_min gets
@@ -56,8 +69,12 @@ func TestBudgetUnsetAndZero(t *testing.T) {
 			require.NoError(t, err)
 			require.JSONEq(t, tc.marshalsInto, string(out))
 			b := provisioned(t, h)
-			require.Equal(t, tc.ratio, b.ratio)
-			require.Equal(t, tc.floor, b.floor)
+			now := time.Unix(1_700_000_000, 0)
+			require.Equal(t, tc.floor, takes(b, now, 1000), "no requests yet: the floor alone")
+			for range 100 {
+				b.Request(now)
+			}
+			require.Equal(t, int(tc.ratio*100+0.5), takes(b, now, 1000), "100 requests: the ratio of them")
 		})
 	}
 }
@@ -68,7 +85,7 @@ func TestBudgetZeroAllowsNoExtraAttempt(t *testing.T) {
 	b := provisioned(t, &Handler{Budget: ptr(0.0), BudgetMin: ptr(0)})
 	now := time.Unix(1_700_000_000, 0)
 	for range 1000 {
-		b.request(now)
+		b.Request(now)
 	}
 	require.Zero(t, takes(b, now, 10))
 }

@@ -5,11 +5,7 @@
 package hedging
 
 import (
-	"bytes"
-	"context"
 	"fmt"
-	"io"
-	"maps"
 	"net/http"
 	"slices"
 	"time"
@@ -18,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/ai-lb/ai-lb/health"
 	"github.com/ai-lb/ai-lb/request"
 )
 
@@ -32,10 +29,15 @@ import (
 //     every other attempt is cancelled at once (its upstream connection is
 //     closed, so the engine stops). Nothing of a losing attempt reaches the
 //     client.
-//   - A retryable failure (connection error, 429, 5xx) before any token
-//     starts the next attempt at once, and is held as the reply of last
-//     resort. A client error (4xx) ends the request at once.
-//   - A budget bounds the extra attempts to a fraction of requests.
+//   - A failure (connection error, 429, 5xx) before any token starts the
+//     next attempt at once, as the ai_lb handler's failover settings allow
+//     (retries, try_duration, retry budget), and is held as the reply of
+//     last resort. A client error (4xx) ends the request, unless another
+//     attempt is still running.
+//   - A budget bounds the hedges to a fraction of requests.
+//
+// It runs the attempts with a Runner; see there for how a winner is
+// picked and how outcomes reach node health.
 //
 // Only requests the ai_lb handler has buffered are hedged, and only POSTs
 // to the configured paths with bodies up to max_body_size; others pass
@@ -61,25 +63,24 @@ type Handler struct {
 	MinDelay caddy.Duration `json:"min_delay,omitempty"`
 	MaxDelay caddy.Duration `json:"max_delay,omitempty"`
 
-	// MaxAttempts bounds the attempts per request, the first included.
-	// Default: 2.
+	// MaxAttempts bounds the attempts per request started by hedging, the
+	// first included (retries after failures are the ai_lb handler's
+	// `retries`). Default: 2.
 	MaxAttempts int `json:"max_attempts,omitempty"`
 
-	// Budget is the largest fraction of extra attempts (hedges and
-	// retries after a failure alike) over hedgeable requests in
-	// BudgetWindow, on top of BudgetMin. Unset (nil): 0.1. 0: no
-	// proportional allowance, only BudgetMin extra attempts per window.
+	// Budget is the largest fraction of hedges over hedgeable requests in
+	// BudgetWindow, on top of BudgetMin. Retries after failures have a
+	// budget of their own (the ai_lb handler's retry_budget). Unset (nil):
+	// 0.1. 0: no proportional allowance, only BudgetMin hedges per window.
 	Budget *float64 `json:"budget,omitempty"`
 
 	// BudgetWindow is the sliding window of the budget. Default: 10s.
 	BudgetWindow caddy.Duration `json:"budget_window,omitempty"`
 
-	// BudgetMin is a number of extra attempts always allowed per window,
-	// so that a quiet service can still hedge. Unset (nil): 1. 0: no
-	// floor, only the Budget fraction. With Budget 0 as well no extra
-	// attempt is ever made, neither a hedge nor a retry after a failure:
-	// each request gets one attempt (reverse_proxy's own retries within
-	// it still apply).
+	// BudgetMin is a number of hedges always allowed per window, so that a
+	// quiet service can still hedge. Unset (nil): 1. 0: no floor, only the
+	// Budget fraction. With Budget 0 as well no hedge is ever made (retries
+	// after failures still are).
 	BudgetMin *int `json:"budget_min,omitempty"`
 
 	// MaxBodySize is the largest request body hedged; larger ones are
@@ -95,10 +96,9 @@ type Handler struct {
 	// and X-AI-LB-Node (the winning node) to responses.
 	ResponseHeaders bool `json:"response_headers,omitempty"`
 
-	logger  *zap.Logger
-	budget  *budget
-	delays  *delays
-	metrics *metrics
+	logger *zap.Logger
+	delays *delays
+	runner *Runner
 }
 
 // Defaults.
@@ -162,14 +162,26 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.BudgetMin != nil {
 		floor = *h.BudgetMin
 	}
-	h.budget = newBudget(ratio, floor, time.Duration(h.BudgetWindow))
-	h.delays = new(delays)
 	m, err := registerMetrics(ctx.GetMetricsRegistry())
 	if err != nil {
 		return err
 	}
-	h.metrics = m
+	h.setUp(health.NewBudget(ratio, floor, time.Duration(h.BudgetWindow)), m)
 	return nil
+}
+
+// setUp makes the handler's runner, with its hedge budget and metrics.
+func (h *Handler) setUp(budget *health.Budget, m *metrics) {
+	h.delays = new(delays)
+	h.runner = &Runner{
+		MaxHedges:       h.MaxAttempts - 1,
+		HedgeDelay:      h.delay,
+		HedgeBudget:     budget,
+		OnToken:         h.observeTTFT,
+		ResponseHeaders: h.ResponseHeaders,
+		metrics:         m,
+		logger:          h.logger,
+	}
 }
 
 // Validate checks the configuration.
@@ -205,8 +217,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !h.hedgeable(r, req) {
 		return next.ServeHTTP(w, r)
 	}
-	h.budget.request(time.Now())
-	return h.serveRace(w, r, req, next)
+	h.runner.HedgeBudget.Request(time.Now())
+	return h.runner.Run(w, r, req, next)
 }
 
 // hedgeable reports whether a request may be sent more than once.
@@ -227,216 +239,13 @@ func (h *Handler) delay(model string, now time.Time) (time.Duration, bool) {
 	return time.Duration(h.Delay), h.Delay > 0
 }
 
-// serveRace runs the attempts of one hedged request.
-func (h *Handler) serveRace(w http.ResponseWriter, r *http.Request, req *request.Info, next caddyhttp.Handler) error {
-	rc := &race{w: w}
-	rc.onWin = func(a *attempt) { h.won(rc, a, req.Model) }
-	finished := make(chan *attempt, h.MaxAttempts)
-	origRepl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	origVars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
-
-	// start starts an attempt unless the race is decided, the client is
-	// gone, or (for extra attempts) the attempts or the budget are spent.
-	// The check and the append are one critical section with claim, so an
-	// attempt is never started just after a win without being cancelled.
-	start := func(now time.Time) bool {
-		rc.mu.Lock()
-		defer rc.mu.Unlock()
-		if rc.winner != nil || len(rc.attempts) >= h.MaxAttempts || r.Context().Err() != nil {
-			return false
-		}
-		if len(rc.attempts) > 0 && !h.budget.take(now) {
-			h.metrics.budgetRefusals.Inc()
-			return false
-		}
-		ctx, cancel := context.WithCancel(r.Context())
-		a := &attempt{race: rc, index: len(rc.attempts) + 1, start: now, cancel: cancel,
-			done: make(chan struct{}), header: make(http.Header)}
-		// Each attempt gets a replacer that reads through to the request's
-		// but keeps its own writes, and its own vars: reverse_proxy writes
-		// to both, and the attempts run at once.
-		repl := caddy.NewEmptyReplacer()
-		if origRepl != nil {
-			repl.Map(origRepl.Get)
-		}
-		ctx = context.WithValue(ctx, caddy.ReplacerCtxKey, repl)
-		ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, maps.Clone(origVars))
-		ar := r.Clone(ctx)
-		ar.Body = io.NopCloser(bytes.NewReader(req.Body))
-		ar.ContentLength = int64(len(req.Body))
-		rc.attempts = append(rc.attempts, a)
-		h.metrics.attempts.WithLabelValues(role(a.index)).Inc()
-		ar.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(req.Body)), nil }
-		a.repl = repl
-		go func() {
-			defer func() {
-				a.panicked = recover()
-				close(a.done) // before reporting, so a winner sees it ended
-				finished <- a
-			}()
-			a.err = next.ServeHTTP(a, ar)
-		}()
-		return true
-	}
-
-	now := time.Now()
-	if !start(now) {
-		return nil // the client left before the first attempt
-	}
-	delay, hedging := h.delay(req.Model, now)
-	timer := time.NewTimer(delay)
-	defer timer.Stop()
-	if !hedging {
-		timer.Stop()
-	}
-	running := 1
-	var lastFailed *attempt
-	clientGone := r.Context().Done()
-
-	for running > 0 {
-		select {
-		case <-timer.C:
-			if start(time.Now()) {
-				running++
-				timer.Reset(delay) // the next hedge, if max_attempts allows
-			}
-		case a := <-finished:
-			running--
-			if a.err == nil && a.panicked == nil && a.status >= 200 && a.status < 300 {
-				rc.claim(a) // a 2xx answer with no body wins when it ends
-			}
-			if h.isWinner(rc, a) {
-				continue // wait for the losers to stop too
-			}
-			if a.panicked != nil && a.panicked != http.ErrAbortHandler {
-				h.logger.Error("hedged attempt panicked", zap.Any("panic", a.panicked))
-			}
-			if h.isWinner(rc, nil) {
-				continue // a loser, cancelled
-			}
-			lastFailed = a
-			if start(time.Now()) {
-				running++
-			}
-		case <-clientGone:
-			clientGone = nil
-			rc.mu.Lock()
-			for _, a := range rc.attempts {
-				a.cancel()
-			}
-			rc.mu.Unlock()
-		}
-	}
-
-	rc.mu.Lock()
-	winner := rc.winner
-	rc.mu.Unlock()
-	if winner == nil {
-		return h.lastResort(w, r, lastFailed)
-	}
-	if winner.index > 1 {
-		h.metrics.hedgesWon.Inc()
-	}
-	copyProxyPlaceholders(origRepl, winner.repl)
-	if winner.panicked != nil {
-		panic(winner.panicked) // e.g. http.ErrAbortHandler: the stream broke
-	}
-	return winner.err
-}
-
-func (h *Handler) isWinner(rc *race, a *attempt) bool {
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	if a == nil {
-		return rc.winner != nil
-	}
-	return rc.winner == a
-}
-
-// won runs under the race lock when attempt a claims the race.
-func (h *Handler) won(rc *race, a *attempt, model string) {
-	now := time.Now()
-	token := !a.firstToken.IsZero() && a.status < 300
-	if token {
-		h.observeTTFT(model, now, a.firstToken.Sub(a.start))
-	}
-	for _, other := range rc.attempts {
-		select {
-		case <-other.done:
-			continue // it had already failed
-		default:
-		}
-		if other == a {
-			continue
-		}
-		h.metrics.cancelled.Inc()
-		if token {
-			// It was at least this slow: count it too, so that winners
-			// alone do not drag the percentile down.
-			h.observeTTFT(model, now, now.Sub(other.start))
-		}
-	}
-	if h.ResponseHeaders {
-		hdr := rc.w.Header()
-		hdr.Set("X-AI-LB-Hedged", fmt.Sprint(len(rc.attempts) > 1))
-		hdr.Set("X-AI-LB-Attempts", fmt.Sprint(len(rc.attempts)))
-		if node, ok := a.repl.GetString("http.reverse_proxy.upstream.hostport"); ok {
-			a.header.Set("X-AI-LB-Node", node)
-		}
-	}
-}
-
+// observeTTFT records a winner's time to first token for the adaptive
+// delay and the histogram.
 func (h *Handler) observeTTFT(model string, now time.Time, ttft time.Duration) {
 	if win := h.delays.window(model); win != nil {
 		win.add(now, ttft)
 	}
-	h.metrics.ttft.WithLabelValues(model).Observe(ttft.Seconds())
-}
-
-// lastResort answers when every attempt failed: the last upstream answer
-// if there was one, else the last error.
-func (h *Handler) lastResort(w http.ResponseWriter, r *http.Request, a *attempt) error {
-	switch {
-	case a == nil:
-		return caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("no attempt finished"))
-	case r.Context().Err() != nil:
-		return nil // the client is gone
-	case a.status >= 300:
-		a.writeHeld(w)
-		return nil
-	case a.err != nil:
-		return a.err
-	default:
-		return caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("attempt failed: %v", a.panicked))
-	}
-}
-
-// proxyPlaceholders are the reverse_proxy placeholders copied from the
-// winning attempt to the request, so the access log names the node that
-// answered.
-var proxyPlaceholders = []string{
-	"upstream.address", "upstream.hostport", "upstream.host", "upstream.port",
-	"upstream.requests", "upstream.max_requests", "upstream.fails",
-	"upstream.latency", "upstream.latency_ms", "upstream.duration", "upstream.duration_ms",
-	"status_code", "status_text", "duration", "duration_ms", "retries",
-}
-
-func copyProxyPlaceholders(dst, src *caddy.Replacer) {
-	if dst == nil || src == nil {
-		return
-	}
-	for _, k := range proxyPlaceholders {
-		if v, ok := src.Get("http.reverse_proxy." + k); ok {
-			dst.Set("http.reverse_proxy."+k, v)
-		}
-	}
-}
-
-func role(index int) string {
-	if index == 1 {
-		return "primary"
-	}
-	return "hedge"
+	h.runner.metrics.ttft.WithLabelValues(model).Observe(ttft.Seconds())
 }
 
 // Interface guards

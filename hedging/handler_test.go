@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
+	"github.com/ai-lb/ai-lb/health"
 	"github.com/ai-lb/ai-lb/request"
 )
 
@@ -26,11 +27,12 @@ func testHandler(delay time.Duration) *Handler {
 		ResponseHeaders: true, Window: caddy.Duration(time.Minute), MinSamples: 20,
 		MinDelay: caddy.Duration(time.Millisecond), MaxDelay: caddy.Duration(time.Minute)}
 	h.logger = zap.NewNop()
-	h.budget = newBudget(*h.Budget, *h.BudgetMin, time.Duration(h.BudgetWindow))
-	h.delays = new(delays)
-	h.metrics = newMetrics()
+	h.setUp(health.NewBudget(*h.Budget, *h.BudgetMin, time.Duration(h.BudgetWindow)), newMetrics())
 	return h
 }
+
+// testNodes is the node health state the fake upstreams report to.
+var testNodes = health.NewTracker(nil, health.Events{})
 
 // testRequest is a hedgeable request as the ai_lb handler passes it on.
 func testRequest(ctx context.Context) *http.Request {
@@ -39,7 +41,7 @@ func testRequest(ctx context.Context) *http.Request {
 	repl := caddy.NewEmptyReplacer()
 	ctx = context.WithValue(ctx, caddy.ReplacerCtxKey, repl)
 	ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{})
-	ctx = request.NewContext(ctx, &request.Info{Model: "m", Body: []byte(body)})
+	ctx = request.NewContext(ctx, &request.Info{Model: "m", Body: []byte(body), Failover: &request.Failover{Retries: 1}})
 	return r.WithContext(ctx)
 }
 
@@ -64,8 +66,12 @@ func (f *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
 	if err != nil || string(body) != `{"model":"m","stream":true}` {
 		panic("attempt without the request body")
 	}
+	// As reverse_proxy and the p2c policy do: pick a node, begin the
+	// attempt on it, and name it in the replacer.
+	node := "node-" + string(rune('0'+i))
+	request.AttemptFrom(r.Context()).Begin(testNodes.Node(node), time.Now())
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Set("http.reverse_proxy.upstream.hostport", "node-"+string(rune('0'+i)))
+	repl.Set("http.reverse_proxy.upstream.hostport", node)
 	return f.behave(i, w, r)
 }
 
@@ -174,7 +180,7 @@ func TestServeAllFailLastResort(t *testing.T) {
 }
 
 func TestServeClientErrorEndsAtOnce(t *testing.T) {
-	h := testHandler(time.Millisecond)
+	h := testHandler(time.Hour)
 	up := &fakeUpstream{behave: func(i int, w http.ResponseWriter, r *http.Request) error {
 		if i == 1 {
 			w.WriteHeader(http.StatusBadRequest)
@@ -211,7 +217,7 @@ func TestServeClientGoneStartsNoAttempt(t *testing.T) {
 		t.Fatal("ServeHTTP did not return after the client left")
 	}
 	require.Equal(t, 1, up.numCalls(), "no attempt may start once the client is gone")
-	require.True(t, h.budget.take(time.Now()), "the budget was not spent")
+	require.True(t, h.runner.HedgeBudget.Take(time.Now()), "the budget was not spent")
 }
 
 func TestServeNotHedgeable(t *testing.T) {
@@ -252,7 +258,7 @@ func TestServeNotHedgeable(t *testing.T) {
 
 func TestServeBudgetRefusesHedge(t *testing.T) {
 	h := testHandler(5 * time.Millisecond)
-	h.budget = newBudget(0, 0, time.Minute) // nothing allowed
+	h.runner.HedgeBudget = health.NewBudget(0, 0, time.Minute) // nothing allowed
 	up := &fakeUpstream{behave: func(i int, w http.ResponseWriter, r *http.Request) error {
 		time.Sleep(50 * time.Millisecond)
 		return sse(w, "data: 1\n\n")

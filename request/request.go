@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -24,9 +25,21 @@ type Info struct {
 	// that every attempt can send it again.
 	Body []byte
 
+	// Failover is the request's failover policy (nil: no retries).
+	Failover *Failover
+
+	races atomic.Int32 // runs of an attempt runner for this request
 	mu    sync.Mutex
 	tried []string
 }
+
+// EnterRace records that an attempt runner runs this request's attempts.
+// A runner whose attempt saw another runner start inside it (the hedge
+// handler within the ai_lb handler's failover) leaves the retries to it.
+func (r *Info) EnterRace() { r.races.Add(1) }
+
+// Races returns how many attempt runners have run this request.
+func (r *Info) Races() int32 { return r.races.Load() }
 
 // MarkTried records that an attempt of this request went to dial.
 func (r *Info) MarkTried(dial string) {
