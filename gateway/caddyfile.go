@@ -6,14 +6,20 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/dustin/go-humanize"
+
+	"github.com/ai-lb/ai-lb/hedging"
 )
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
 //
 //	ai_lb {
-//		max_body_size <size>
-//		min_nodes     <n>
-//		retry_after   <duration>
+//		max_body_size    <size>
+//		min_nodes        <n>
+//		retry_after      <duration>
+//		retries          <n>
+//		try_duration     <duration>
+//		retry_budget     <fraction or percent, e.g. 0.2 or 20%>
+//		retry_budget_min <n>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -38,12 +44,32 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("parsing min_nodes: %v", err)
 			}
 			h.MinNodes = &n
-		case "retry_after":
+		case "retry_after", "try_duration":
 			dur, err := caddy.ParseDuration(d.Val())
 			if err != nil {
-				return d.Errf("parsing retry_after: %v", err)
+				return d.Errf("parsing %s: %v", option, err)
 			}
-			h.RetryAfter = caddy.Duration(dur)
+			if option == "retry_after" {
+				h.RetryAfter = caddy.Duration(dur)
+			} else {
+				h.TryDuration = caddy.Duration(dur)
+			}
+		case "retries", "retry_budget_min":
+			n, err := strconv.Atoi(d.Val())
+			if err != nil {
+				return d.Errf("parsing %s: %v", option, err)
+			}
+			if option == "retries" {
+				h.Retries = &n
+			} else {
+				h.RetryBudgetMin = &n
+			}
+		case "retry_budget":
+			f, err := hedging.ParseFraction(d.Val())
+			if err != nil {
+				return d.Errf("parsing retry_budget: %v", err)
+			}
+			h.RetryBudget = &f
 		default:
 			return d.Errf("unrecognized ai_lb option '%s'", option)
 		}

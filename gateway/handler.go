@@ -15,6 +15,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/ai-lb/ai-lb/health"
+	"github.com/ai-lb/ai-lb/hedging"
 	"github.com/ai-lb/ai-lb/registry"
 	"github.com/ai-lb/ai-lb/request"
 )
@@ -27,6 +29,12 @@ import (
 // answers GET /v1/models, GET /v1/models/{id} and GET /health from the
 // registry. Client errors and proxy failures come back as OpenAI-style
 // JSON errors.
+//
+// It fails over: a connection failure, or a 429 or 5xx answer, before
+// any byte reached the client is retried at once on another node, within
+// Retries, TryDuration and the retry budget; refused connections never
+// draw on the budget. With a hedge handler in the route, the hedge runs
+// the attempts under the same settings.
 type Handler struct {
 	// MaxBodySize is the largest request body accepted, in bytes; larger
 	// bodies get 413. Default: 16 MiB.
@@ -41,10 +49,41 @@ type Handler struct {
 	// available. Default: 2s.
 	RetryAfter caddy.Duration `json:"retry_after,omitempty"`
 
+	// Retries is how many more attempts a request may get after failures
+	// before its first byte reached the client. Unset (nil): 2. 0: no
+	// failover.
+	Retries *int `json:"retries,omitempty"`
+
+	// TryDuration is how long after a request began a retry may still
+	// start. Default: 30s.
+	TryDuration caddy.Duration `json:"try_duration,omitempty"`
+
+	// RetryBudget bounds the retries of answers that reached an engine
+	// (429, 5xx), as a fraction of requests over 10 s on top of
+	// RetryBudgetMin, so that an overloaded cluster is not sent more work
+	// (Envoy and Finagle bound retries the same way). Retries after
+	// connection failures are not counted. Unset (nil): 0.2.
+	RetryBudget *float64 `json:"retry_budget,omitempty"`
+
+	// RetryBudgetMin is a number of such retries always allowed per 10 s,
+	// so that a quiet service can still fail over. Unset (nil): 5.
+	RetryBudgetMin *int `json:"retry_budget_min,omitempty"`
+
 	minNodes int // MinNodes, or its default
+	failover request.Failover
+	runner   *hedging.Runner
 	app      *registry.App
 	logger   *zap.Logger
 }
+
+// Failover defaults.
+const (
+	defaultRetries        = 2
+	defaultTryDuration    = 30 * time.Second
+	defaultRetryBudget    = 0.2
+	defaultRetryBudgetMin = 5
+	retryBudgetWindow     = 10 * time.Second
+)
 
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
@@ -78,6 +117,25 @@ func (h *Handler) setDefaults() {
 	if h.RetryAfter == 0 {
 		h.RetryAfter = caddy.Duration(2 * time.Second)
 	}
+	if h.TryDuration == 0 {
+		h.TryDuration = caddy.Duration(defaultTryDuration)
+	}
+	ratio, floor := defaultRetryBudget, defaultRetryBudgetMin
+	if h.RetryBudget != nil {
+		ratio = *h.RetryBudget
+	}
+	if h.RetryBudgetMin != nil {
+		floor = *h.RetryBudgetMin
+	}
+	h.failover = request.Failover{
+		Retries:     defaultRetries,
+		TryDuration: time.Duration(h.TryDuration),
+		Budget:      health.NewBudget(ratio, floor, retryBudgetWindow),
+	}
+	if h.Retries != nil {
+		h.failover.Retries = *h.Retries
+	}
+	h.runner = hedging.NewFailoverRunner(h.logger)
 }
 
 // defaultMinNodes is the default Handler.MinNodes.
@@ -93,6 +151,18 @@ func (h *Handler) Validate() error {
 	}
 	if h.RetryAfter < 0 {
 		return fmt.Errorf("retry_after: must not be negative")
+	}
+	if h.Retries != nil && (*h.Retries < 0 || *h.Retries > 10) {
+		return fmt.Errorf("retries: must be within 0-10, got %d", *h.Retries)
+	}
+	if h.TryDuration < 0 {
+		return fmt.Errorf("try_duration: must not be negative")
+	}
+	if h.RetryBudget != nil && (*h.RetryBudget < 0 || *h.RetryBudget > 1) {
+		return fmt.Errorf("retry_budget: must be within 0-1 (a fraction of requests), got %v", *h.RetryBudget)
+	}
+	if h.RetryBudgetMin != nil && *h.RetryBudgetMin < 0 {
+		return fmt.Errorf("retry_budget_min: must not be negative, got %d", *h.RetryBudgetMin)
 	}
 	return nil
 }
@@ -142,8 +212,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		apiErr.write(w, h.retryAfter(apiErr))
 		return nil
 	}
+	req.Failover = &h.failover
+	h.failover.Budget.Request(time.Now())
 	r = r.WithContext(request.NewContext(r.Context(), req))
-	err := next.ServeHTTP(w, r)
+	err := h.runner.Run(w, r, req, next)
 	if err == nil {
 		return nil
 	}

@@ -19,9 +19,9 @@ type model struct {
 
 func newModel(id string) model { return model{ID: id, Object: "model", OwnedBy: "ai-lb"} }
 
-// health is the body of GET /health; the field names are the original
+// healthBody is the body of GET /health; the field names are the original
 // ai-lb's, which its test_connection.sh expects.
-type health struct {
+type healthBody struct {
 	Status          string `json:"status"`
 	NodesFound      int    `json:"nodes_found"`
 	Models          int    `json:"models"`
@@ -36,7 +36,7 @@ func (h *Handler) serveRegistry(w http.ResponseWriter, r *http.Request) bool {
 	snap := h.app.Snapshot()
 	switch {
 	case path == "/health":
-		body := health{
+		body := healthBody{
 			Status:          "ok",
 			NodesFound:      len(snap.Members),
 			Models:          len(snap.Models()),

@@ -80,12 +80,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.BudgetMin = &n
 		case "budget":
 			var f float64
-			if pct, ok := strings.CutSuffix(val, "%"); ok {
-				f, err = strconv.ParseFloat(pct, 64)
-				f /= 100
-			} else {
-				f, err = strconv.ParseFloat(val, 64)
-			}
+			f, err = ParseFraction(val)
 			h.Budget = &f
 		case "max_body_size":
 			var size uint64
@@ -107,6 +102,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // valueOptions are the options that take exactly one value.
 var valueOptions = []string{"delay", "window", "min_delay", "max_delay", "budget_window",
 	"percentile", "min_samples", "max_attempts", "budget_min", "budget", "max_body_size"}
+
+// ParseFraction reads a fraction written as 0.1 or as 10%.
+func ParseFraction(s string) (float64, error) {
+	if pct, ok := strings.CutSuffix(s, "%"); ok {
+		f, err := strconv.ParseFloat(pct, 64)
+		return f / 100, err
+	}
+	return strconv.ParseFloat(s, 64)
+}
 
 func parseDuration(s string, into *caddy.Duration) error {
 	d, err := caddy.ParseDuration(s)

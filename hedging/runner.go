@@ -57,6 +57,11 @@ type Runner struct {
 	logger  *zap.Logger
 }
 
+// NewFailoverRunner returns a Runner that fails over but never hedges.
+func NewFailoverRunner(logger *zap.Logger) *Runner {
+	return &Runner{logger: logger}
+}
+
 // kind is why an attempt started.
 type kind int
 
