@@ -43,13 +43,16 @@ type Watcher struct {
 	synced    bool
 	up        bool      // the last Redis operation succeeded
 	downSince time.Time // start of the current outage, zero when up
-	resumedAt time.Time // end of the last outage: TTLs count from here
 }
 
 // tracked is the watcher's record of one registered node.
 type tracked struct {
 	member *Member
 	seen   time.Time // local time of the last heartbeat
+	// grace is the end of the last Redis outage during which the node was
+	// live: its TTL counts from there, so its agent has one TTL to
+	// heartbeat again. Zero when it has none.
+	grace time.Time
 }
 
 // NewWatcher starts watching the registry client serves. The watcher never
@@ -119,7 +122,7 @@ func (w *Watcher) subscribe(ctx context.Context) {
 			return
 		}
 		if err != nil {
-			w.markDown(err)
+			w.checkCommands(ctx, err)
 			if !backoff.wait(ctx) {
 				return
 			}
@@ -200,21 +203,22 @@ func (w *Watcher) readAll(ctx context.Context) {
 			w.logBad(e.ID, err)
 			continue
 		}
-		seen := now.Add(-e.Age)
+		next := &tracked{member: m, seen: now.Add(-e.Age)}
 		if t, ok := w.nodes[e.ID]; ok {
-			if t.seen.After(seen) {
-				seen = t.seen // an event newer than this read
+			if t.seen.After(next.seen) {
+				next.seen = t.seen // an event newer than this read
 			}
 			if reflect.DeepEqual(t.member.Node, m.Node) {
-				m = t.member
+				next.member = t.member
 			}
+			next.grace = t.grace
 		}
-		w.nodes[e.ID] = &tracked{member: m, seen: seen}
+		w.nodes[e.ID] = next
 	}
 	for id, t := range w.nodes {
 		// After an outage, a Redis that came back empty must not wipe the
 		// routing table before the nodes have had one TTL to re-register.
-		if !present[id] && now.After(w.resumedAt.Add(t.member.TTL())) {
+		if !present[id] && !inGrace(t, now) {
 			delete(w.nodes, id)
 		}
 	}
@@ -272,21 +276,27 @@ func (w *Watcher) apply(payload string) {
 	}
 }
 
-// live reports whether a tracked node is live at now. Time spent while
-// Redis was unreachable does not count against its TTL.
-func (w *Watcher) live(t *tracked, now time.Time) bool {
+// live reports whether a tracked node is live at now. A node that was live
+// when a Redis outage began gets one TTL from the outage's end.
+func live(t *tracked, now time.Time) bool {
 	seen := t.seen
-	if w.resumedAt.After(seen) {
-		seen = w.resumedAt
+	if t.grace.After(seen) {
+		seen = t.grace
 	}
 	return now.Sub(seen) <= t.member.TTL()
+}
+
+// inGrace reports whether a tracked node is within the TTL it was granted
+// at the end of an outage.
+func inGrace(t *tracked, now time.Time) bool {
+	return !t.grace.IsZero() && now.Sub(t.grace) <= t.member.TTL()
 }
 
 // livenessChanged reports whether the snapshot's live set is stale.
 func (w *Watcher) livenessChanged(now time.Time) bool {
 	s := w.Snapshot()
 	for _, t := range w.nodes {
-		if w.live(t, now) != s.has(t.member) {
+		if live(t, now) != s.has(t.member) {
 			return true
 		}
 	}
@@ -298,7 +308,7 @@ func (w *Watcher) rebuild(now time.Time) {
 	var members []*Member
 	dormant := make(map[string]bool)
 	for _, t := range w.nodes {
-		if w.live(t, now) {
+		if live(t, now) {
 			members = append(members, t.member)
 			continue
 		}
@@ -321,11 +331,34 @@ func (w *Watcher) setUp(now time.Time) {
 	}
 	w.up = true
 	if !w.downSince.IsZero() {
-		w.resumedAt = now
+		// Time without Redis does not count against the TTLs of the nodes
+		// that were live when the outage began: their agents could not
+		// heartbeat either. A node that had expired by then stays expired.
+		for _, t := range w.nodes {
+			if live(t, w.downSince) {
+				t.grace = now
+			}
+		}
 		w.logger.Info("redis reachable again", zap.Duration("outage", now.Sub(w.downSince)))
 		w.downSince = time.Time{}
 	}
 }
+
+// checkCommands handles a broken subscription. That alone is no outage (a
+// killed pub/sub connection, a proxy's idle timeout): the resync on
+// resubscription repairs the events missed meanwhile. Only when Redis does
+// not answer commands either is the outage recorded, which stops the TTLs.
+func (w *Watcher) checkCommands(ctx context.Context, cause error) {
+	pingCtx, cancel := context.WithTimeout(ctx, pingTimeout)
+	defer cancel()
+	if err := w.client.rdb.Ping(pingCtx).Err(); err != nil && ctx.Err() == nil {
+		w.markDown(cause)
+	}
+}
+
+// pingTimeout bounds the PING that tells a broken subscription from an
+// unreachable Redis: a Redis that does not answer within it is down.
+const pingTimeout = time.Second
 
 // markDown records a failed Redis operation, logging once per outage.
 func (w *Watcher) markDown(err error) {

@@ -284,3 +284,68 @@ func TestWatcherClose(t *testing.T) {
 		})
 	}
 }
+
+// TestWatcherPubSubReconnectGrantsNoGrace checks that a killed pub/sub
+// connection is not taken for a Redis outage: commands still work, so a node
+// that expired long ago must not come back for a TTL when the watcher
+// resubscribes.
+func TestWatcherPubSubReconnectGrantsNoGrace(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	w, logs := e.watch(WatcherOptions{Resync: time.Hour})
+	expired := Node{ID: "expired", URL: "http://127.0.0.1:9001", Models: []string{"old"}, TTLMillis: 300}
+	require.NoError(t, e.client.Register(ctx, expired))
+	waitFor(t, func() bool { return hasID(w, "expired") }, "the node to be registered")
+	waitFor(t, func() bool { return !hasID(w, "expired") }, "the node to expire")
+	require.True(t, w.Snapshot().Known("old"))
+
+	calls := e.hgetallCalls()
+	require.NoError(t, e.rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err())
+	waitFor(t, func() bool {
+		subs, err := e.rdb.PubSubNumSub(ctx, e.client.Keys().Events).Result()
+		return err == nil && subs[e.client.Keys().Events] == 1 && e.hgetallCalls() > calls
+	}, "the watcher to resubscribe and resync")
+	for range 20 {
+		require.False(t, hasID(w, "expired"), "an expired node came back after a pub/sub reconnect")
+		time.Sleep(25 * time.Millisecond)
+	}
+	require.Zero(t, logs.FilterMessage(msgOutage).Len(), "a pub/sub reconnect is no outage")
+}
+
+// TestWatcherOutageGraceOnlyForLiveNodes checks that after an outage during
+// which Redis kept its data (here: it refused every new connection), the
+// node that was live when the outage began gets one TTL from its end, and
+// the node that had already expired does not come back.
+func TestWatcherOutageGraceOnlyForLiveNodes(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	w, logs := e.watch(WatcherOptions{Resync: 200 * time.Millisecond})
+	const ttl = time.Second
+	expired := Node{ID: "expired", URL: "http://127.0.0.1:9001", Models: []string{"m"}, TTLMillis: 500}
+	live := Node{ID: "live", URL: "http://127.0.0.1:9002", Models: []string{"m"}, TTLMillis: ttl.Milliseconds()}
+	require.NoError(t, e.client.Register(ctx, expired))
+	waitFor(t, func() bool { return hasID(w, "expired") }, "the short-lived node")
+	waitFor(t, func() bool { return !hasID(w, "expired") }, "the short-lived node to expire")
+	require.NoError(t, e.client.Register(ctx, live))
+	waitFor(t, func() bool { return hasID(w, "live") }, "the live node")
+
+	// Existing connections stay authenticated (e.rdb keeps its own); every
+	// new one is refused, and the watcher's are killed.
+	require.NoError(t, e.rdb.ConfigSet(ctx, "requirepass", "outage").Err())
+	require.NoError(t, e.rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err())
+	require.NoError(t, e.rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes").Err())
+	waitFor(t, func() bool { return logs.FilterMessage(msgOutage).Len() == 1 }, "the outage to be noticed")
+	time.Sleep(ttl + ttl/2) // longer than the live node's TTL
+	require.Equal(t, []string{"live"}, ids(w.Snapshot()), "the snapshot is kept during the outage")
+
+	require.NoError(t, e.rdb.ConfigSet(ctx, "requirepass", "").Err())
+	waitFor(t, func() bool { return logs.FilterMessage("redis reachable again").Len() == 1 }, "the watcher to reconnect")
+	resumed := logs.FilterMessage("redis reachable again").All()[0].Time
+	for calls := e.hgetallCalls(); e.hgetallCalls() < calls+3; time.Sleep(10 * time.Millisecond) {
+		require.Equal(t, []string{"live"}, ids(w.Snapshot()), "the expired node came back, or the live one got no grace")
+	}
+
+	waitFor(t, func() bool { return !hasID(w, "live") }, "the live node to expire after its grace")
+	require.GreaterOrEqual(t, time.Since(resumed), ttl/2, "the grace ended long before one TTL")
+	require.True(t, w.Snapshot().Known("m"))
+}
