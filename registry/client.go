@@ -102,22 +102,19 @@ func (c *Client) Register(ctx context.Context, n Node) error {
 	if err != nil {
 		return err
 	}
-	// The script appends the heartbeat time and the closing brace.
-	eventHead := `{"op":"up","node":` + string(nodeJSON) + `,"heartbeat_ms":`
-	return upScript.Run(ctx, c.rdb, []string{c.keys.Nodes, c.keys.Heartbeats},
-		n.ID, nodeJSON, c.keys.Events, eventHead).Err()
+	return upScript.Run(ctx, c.rdb, c.scriptKeys(), n.ID, nodeJSON, c.keys.Events).Err()
 }
 
-// Deregister removes a node and announces it. It reports whether the node
-// was registered.
+// Deregister removes a node, leaves its tombstone and announces it. It
+// reports whether the node was registered.
 func (c *Client) Deregister(ctx context.Context, id string) (bool, error) {
-	event, err := json.Marshal(Event{Op: "down", ID: id})
-	if err != nil {
-		return false, err
-	}
-	n, err := downScript.Run(ctx, c.rdb, []string{c.keys.Nodes, c.keys.Heartbeats},
-		id, c.keys.Events, event).Int()
+	n, err := downScript.Run(ctx, c.rdb, c.scriptKeys(), id, c.keys.Events).Int()
 	return n > 0, err
+}
+
+// scriptKeys are the KEYS of the scripts that write facts about nodes.
+func (c *Client) scriptKeys() []string {
+	return []string{c.keys.Nodes, c.keys.Heartbeats, c.keys.Tombstones}
 }
 
 // Entry is one stored node entry as read from Redis.
@@ -140,26 +137,38 @@ type Entry struct {
 // List reads every entry of the registry in one consistent snapshot, sorted
 // by ID. Malformed entries are returned with Err set.
 func (c *Client) List(ctx context.Context) ([]Entry, error) {
+	r, err := c.read(ctx)
+	return r.entries, err
+}
+
+// registryRead is one consistent read of a registry.
+type registryRead struct {
+	entries []Entry
+	// tombstones holds the deregistration time of the nodes deregistered
+	// in the last TombstoneRetention, Unix ms by the Redis clock.
+	tombstones map[string]int64
+	// now is the Redis clock at the read.
+	now time.Time
+}
+
+// read reads the nodes, heartbeats and tombstones in one transaction.
+func (c *Client) read(ctx context.Context) (registryRead, error) {
 	var nodes *redis.MapStringStringCmd
-	var beats *redis.ZSliceCmd
+	var beats, tombs *redis.ZSliceCmd
 	var now *redis.TimeCmd
 	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		nodes = p.HGetAll(ctx, c.keys.Nodes)
 		beats = p.ZRangeWithScores(ctx, c.keys.Heartbeats, 0, -1)
+		tombs = p.ZRangeWithScores(ctx, c.keys.Tombstones, 0, -1)
 		now = p.Time(ctx)
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return registryRead{}, err
 	}
-	heartbeat := make(map[string]int64, len(beats.Val()))
-	for _, z := range beats.Val() {
-		if id, ok := z.Member.(string); ok {
-			heartbeat[id] = int64(z.Score)
-		}
-	}
-	redisNow := now.Val()
-	entries := make([]Entry, 0, len(nodes.Val()))
+	r := registryRead{tombstones: scores(tombs.Val()), now: now.Val()}
+	heartbeat := scores(beats.Val())
+	r.entries = make([]Entry, 0, len(nodes.Val()))
 	for id, raw := range nodes.Val() {
 		e := Entry{ID: id}
 		e.Node, e.Err = decodeNode(raw)
@@ -168,13 +177,24 @@ func (c *Client) List(ctx context.Context) ([]Entry, error) {
 		}
 		if ms, ok := heartbeat[id]; ok {
 			e.Heartbeat = time.UnixMilli(ms)
-			e.Age = redisNow.Sub(e.Heartbeat)
+			e.Age = r.now.Sub(e.Heartbeat)
 			e.Live = e.Node != nil && e.Age <= e.Node.TTL()
 		}
-		entries = append(entries, e)
+		r.entries = append(r.entries, e)
 	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].ID < entries[j].ID })
-	return entries, nil
+	sort.Slice(r.entries, func(i, j int) bool { return r.entries[i].ID < r.entries[j].ID })
+	return r, nil
+}
+
+// scores maps the members of a sorted set of Unix ms to their times.
+func scores(zs []redis.Z) map[string]int64 {
+	m := make(map[string]int64, len(zs))
+	for _, z := range zs {
+		if id, ok := z.Member.(string); ok {
+			m[id] = int64(z.Score)
+		}
+	}
+	return m
 }
 
 // legacyNodes reads the keys the original ai-lb's monitor writes, one key at

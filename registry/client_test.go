@@ -15,9 +15,9 @@ func TestKeysFor(t *testing.T) {
 		prefix string
 		want   Keys
 	}{
-		{"", Keys{Nodes: "{ai-lb}:nodes", Heartbeats: "{ai-lb}:heartbeats", Events: "{ai-lb}:events"}},
-		{"prod", Keys{Nodes: "{prod}:nodes", Heartbeats: "{prod}:heartbeats", Events: "{prod}:events"}},
-		{"a:b", Keys{Nodes: "{a:b}:nodes", Heartbeats: "{a:b}:heartbeats", Events: "{a:b}:events"}},
+		{"", Keys{Nodes: "{ai-lb}:nodes", Heartbeats: "{ai-lb}:heartbeats", Tombstones: "{ai-lb}:tombstones", Events: "{ai-lb}:events"}},
+		{"prod", Keys{Nodes: "{prod}:nodes", Heartbeats: "{prod}:heartbeats", Tombstones: "{prod}:tombstones", Events: "{prod}:events"}},
+		{"a:b", Keys{Nodes: "{a:b}:nodes", Heartbeats: "{a:b}:heartbeats", Tombstones: "{a:b}:tombstones", Events: "{a:b}:events"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.prefix, func(t *testing.T) {
@@ -89,9 +89,58 @@ func TestClientRoundTrip(t *testing.T) {
 	entries, err = e.client.List(ctx)
 	require.NoError(t, err)
 	require.Empty(t, entries)
+	// What is left is the tombstones, later than the last heartbeat.
 	all, err = e.rdb.Keys(ctx, "*").Result()
 	require.NoError(t, err)
-	require.Empty(t, all)
+	require.Equal(t, []string{"{test}:tombstones"}, all)
+	tombs, err := e.rdb.ZRangeWithScores(ctx, keys.Tombstones, 0, -1).Result()
+	require.NoError(t, err)
+	require.Len(t, tombs, 2)
+	for _, z := range tombs {
+		require.Contains(t, []string{"gpu-1", "never-registered"}, z.Member)
+		require.Greater(t, z.Score, score)
+	}
+
+	// Registering again supersedes the tombstone.
+	require.NoError(t, e.client.Register(ctx, n))
+	_, err = e.rdb.ZScore(ctx, keys.Tombstones, "gpu-1").Result()
+	require.ErrorIs(t, err, redis.Nil)
+}
+
+// TestClientFactsStrictlyOrdered checks that the facts about one node get
+// strictly increasing times even when they fall within one millisecond of
+// the Redis clock, and that other nodes' facts do not move them.
+func TestClientFactsStrictlyOrdered(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	keys := e.client.Keys()
+	sub := e.rdb.Subscribe(ctx, keys.Events)
+	defer sub.Close()
+	_, err := sub.Receive(ctx) // the subscription confirmation
+	require.NoError(t, err)
+
+	n := Node{ID: "n", URL: "http://127.0.0.1:1"}
+	const rounds = 50
+	for range rounds {
+		require.NoError(t, e.client.Register(ctx, n))
+		_, err := e.client.Deregister(ctx, "n")
+		require.NoError(t, err)
+	}
+	var last int64
+	for range 2 * rounds {
+		msg, err := sub.ReceiveMessage(ctx)
+		require.NoError(t, err)
+		var ev Event
+		require.NoError(t, json.Unmarshal([]byte(msg.Payload), &ev), msg.Payload)
+		at := ev.HeartbeatMillis
+		if ev.Op == "down" {
+			require.Equal(t, "n", ev.ID)
+			at = ev.AtMillis
+		}
+		require.Greater(t, at, last, "%s event not later than the fact before it", ev.Op)
+		last = at
+	}
+	require.Less(t, last, time.Now().Add(time.Second).UnixMilli(), "fact times ran far ahead of the clock")
 }
 
 func TestClientListSortedAndPrefixesIsolated(t *testing.T) {

@@ -1,6 +1,10 @@
 package registry
 
-import "github.com/redis/go-redis/v9"
+import (
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // Keys names the Redis keys of one registry. Every key carries the hash tag
 // {prefix}, so all of them live in one slot and the scripts and
@@ -8,17 +12,29 @@ import "github.com/redis/go-redis/v9"
 //
 //	{prefix}:nodes       HASH    node ID -> node JSON (see Node)
 //	{prefix}:heartbeats  ZSET    node ID -> last heartbeat, Unix ms by the Redis clock
+//	{prefix}:tombstones  ZSET    node ID -> time of its deregistration, Unix ms by the Redis clock
 //	{prefix}:events      channel one JSON message per change (see Event)
 //
 // Liveness is per node: a node is live while its last heartbeat is younger
 // than its own TTL. ai-lb judges that itself from the heartbeat times, so no
 // key expiry (or keyspace notification) is involved.
+//
+// The times of the facts about one node (heartbeats, deregistrations) are
+// strictly increasing, even within one millisecond, so a watcher that sees
+// them out of order (a full read that raced an event) keeps the newest. A
+// tombstone lasts until the node registers again or TombstoneRetention has
+// passed.
 type Keys struct {
-	Nodes, Heartbeats, Events string
+	Nodes, Heartbeats, Tombstones, Events string
 }
 
 // DefaultPrefix is the registry prefix used when none is configured.
 const DefaultPrefix = "ai-lb"
+
+// TombstoneRetention is how long a deregistration is remembered. It only
+// has to outlive the facts still in flight when it happened (a full read
+// takes at most a few seconds).
+const TombstoneRetention = time.Minute
 
 // KeysFor returns the keys of the registry with the given prefix.
 func KeysFor(prefix string) Keys {
@@ -26,39 +42,64 @@ func KeysFor(prefix string) Keys {
 		prefix = DefaultPrefix
 	}
 	tag := "{" + prefix + "}"
-	return Keys{Nodes: tag + ":nodes", Heartbeats: tag + ":heartbeats", Events: tag + ":events"}
+	return Keys{Nodes: tag + ":nodes", Heartbeats: tag + ":heartbeats", Tombstones: tag + ":tombstones", Events: tag + ":events"}
 }
 
 // Event is the message published on the events channel for every change.
 // Op is "up" (registered or heartbeat; Node and HeartbeatMillis are set) or
-// "down" (deregistered; ID is set).
+// "down" (deregistered; ID and AtMillis are set).
 type Event struct {
 	Op              string `json:"op"`
 	ID              string `json:"id,omitempty"`
 	Node            *Node  `json:"node,omitempty"`
 	HeartbeatMillis int64  `json:"heartbeat_ms,omitempty"`
+	AtMillis        int64  `json:"at_ms,omitempty"`
 }
 
-// upScript stores a node and its heartbeat and announces it, atomically.
-// The heartbeat time comes from the Redis clock, so ai-lb replicas and
+// luaFacts starts every script that writes facts about nodes.
+// KEYS: nodes, heartbeats, tombstones.
+//
+// factTime(id) is the Redis clock in ms, moved past the node's last
+// heartbeat and tombstone, so that the facts about one node are strictly
+// ordered. The Redis clock, not the writer's, so that ai-lb replicas and
 // agents on machines with skewed clocks agree on a node's age.
-// KEYS: nodes, heartbeats. ARGV: id, node JSON, events channel, event prefix.
-var upScript = redis.NewScript(`
-local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+//
+// down(id, channel) removes a node, leaves its tombstone and announces it.
+const luaFacts = `
+local function factTime(id)
+	local t = redis.call('TIME')
+	local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+	local last = math.max(tonumber(redis.call('ZSCORE', KEYS[2], id) or 0),
+		tonumber(redis.call('ZSCORE', KEYS[3], id) or 0))
+	return math.max(ms, last + 1)
+end
+
+local function down(id, channel)
+	local ms = factTime(id)
+	local n = redis.call('HDEL', KEYS[1], id)
+	redis.call('ZREM', KEYS[2], id)
+	redis.call('ZADD', KEYS[3], ms, id)
+	redis.call('PUBLISH', channel, cjson.encode({op = 'down', id = id, at_ms = ms}))
+	return n
+end
+`
+
+// upScript stores a node and its heartbeat and announces it, atomically; a
+// tombstone of the node is superseded.
+// KEYS: nodes, heartbeats, tombstones. ARGV: id, node JSON, events channel.
+var upScript = redis.NewScript(luaFacts + `
+local ms = factTime(ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ms, ARGV[1])
-redis.call('PUBLISH', ARGV[3], ARGV[4] .. ms .. '}')
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('PUBLISH', ARGV[3], '{"op":"up","node":' .. ARGV[2] .. ',"heartbeat_ms":' .. ms .. '}')
 return ms
 `)
 
 // downScript removes a node and announces it, atomically.
-// KEYS: nodes, heartbeats. ARGV: id, events channel, event JSON.
-var downScript = redis.NewScript(`
-local n = redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return n
+// KEYS: nodes, heartbeats, tombstones. ARGV: id, events channel.
+var downScript = redis.NewScript(luaFacts + `
+return down(ARGV[1], ARGV[2])
 `)
 
 // Keys written by the original ai-lb's monitor, read when legacy keys are on.

@@ -39,6 +39,7 @@ type Watcher struct {
 
 	mu        sync.Mutex
 	nodes     map[string]*tracked
+	gone      map[string]int64  // id -> time of its deregistration, Redis ms
 	badLogged map[string]string // id -> error already logged for it
 	synced    bool
 	up        bool      // the last Redis operation succeeded
@@ -48,7 +49,10 @@ type Watcher struct {
 // tracked is the watcher's record of one registered node.
 type tracked struct {
 	member *Member
-	seen   time.Time // local time of the last heartbeat
+	// beat is the Redis time of the last heartbeat, Unix ms; 0 for a node
+	// whose facts are not ordered (the legacy keys have no times).
+	beat int64
+	seen time.Time // local time of the last heartbeat
 	// grace is the end of the last Redis outage during which the node was
 	// live: its TTL counts from there, so its agent has one TTL to
 	// heartbeat again. Zero when it has none.
@@ -77,6 +81,7 @@ func NewWatcher(client *Client, opts WatcherOptions, logger *zap.Logger) *Watche
 		resync:    make(chan struct{}, 1),
 		cancel:    cancel,
 		nodes:     make(map[string]*tracked),
+		gone:      make(map[string]int64),
 		badLogged: make(map[string]string),
 	}
 	w.snap.Store(newSnapshot(nil, nil, false))
@@ -166,15 +171,16 @@ func (w *Watcher) loop(ctx context.Context) {
 	}
 }
 
-// readAll replaces the watcher's state with a full read of the registry.
+// readAll brings the watcher's state up to date with a full read of the
+// registry.
 func (w *Watcher) readAll(ctx context.Context) {
 	readCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	entries, err := w.client.List(readCtx)
+	read, err := w.client.read(readCtx)
 	if err == nil && w.opts.LegacyKeys {
 		var legacy []Entry
 		legacy, err = w.client.legacyNodes(readCtx)
-		entries = append(entries, legacy...)
+		read.entries = append(read.entries, legacy...)
 	}
 	if ctx.Err() != nil {
 		return // shutting down
@@ -187,8 +193,18 @@ func (w *Watcher) readAll(ctx context.Context) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.setUp(now)
-	present := make(map[string]bool, len(entries))
-	for _, e := range entries {
+	w.applyRead(read, now)
+}
+
+// applyRead merges a full read into the watcher's state. The read may be
+// older than events already applied: of two facts about a node, the newer
+// wins. w.mu must be held.
+func (w *Watcher) applyRead(read registryRead, now time.Time) {
+	for id, at := range read.tombstones {
+		w.deregistered(id, at)
+	}
+	present := make(map[string]bool, len(read.entries))
+	for _, e := range read.entries {
 		present[e.ID] = true
 		if e.Err != nil {
 			w.logBad(e.ID, e.Err)
@@ -203,23 +219,28 @@ func (w *Watcher) readAll(ctx context.Context) {
 			w.logBad(e.ID, err)
 			continue
 		}
-		next := &tracked{member: m, seen: now.Add(-e.Age)}
-		if t, ok := w.nodes[e.ID]; ok {
-			if t.seen.After(next.seen) {
-				next.seen = t.seen // an event newer than this read
-			}
-			if reflect.DeepEqual(t.member.Node, m.Node) {
-				next.member = t.member
-			}
-			next.grace = t.grace
+		var beat int64
+		if !e.Heartbeat.IsZero() {
+			beat = e.Heartbeat.UnixMilli()
 		}
-		w.nodes[e.ID] = next
+		w.heartbeat(m, beat, now.Add(-e.Age))
 	}
+	readMillis := read.now.UnixMilli()
 	for id, t := range w.nodes {
-		// After an outage, a Redis that came back empty must not wipe the
+		// A node absent from the read was deregistered, pruned or lost by
+		// Redis, unless an event newer than the read registered it. After
+		// an outage, a Redis that came back empty must not wipe the
 		// routing table before the nodes have had one TTL to re-register.
-		if !present[id] && !inGrace(t, now) {
+		if !present[id] && t.beat < readMillis && !inGrace(t, now) {
 			delete(w.nodes, id)
+		}
+	}
+	for id, at := range w.gone {
+		// Redis dropped the tombstone (a later heartbeat superseded it, or
+		// it was older than TombstoneRetention): so can the watcher, unless
+		// it is newer than the read.
+		if _, ok := read.tombstones[id]; !ok && at < readMillis {
+			delete(w.gone, id)
 		}
 	}
 	for id := range w.badLogged {
@@ -257,23 +278,57 @@ func (w *Watcher) apply(payload string) {
 			w.logBad(ev.Node.ID, err)
 			return
 		}
-		if old, ok := w.nodes[m.ID]; ok && reflect.DeepEqual(old.member.Node, m.Node) {
-			old.seen = now // a heartbeat: rebuild only if it revives the node
-			if !w.Snapshot().has(old.member) {
-				w.rebuild(now)
-			}
+		before := w.nodes[m.ID]
+		if !w.heartbeat(m, ev.HeartbeatMillis, now) {
 			return
 		}
-		w.nodes[m.ID] = &tracked{member: m, seen: now}
-		w.rebuild(now)
+		// A heartbeat of an unchanged node rebuilds only if it revives it.
+		t := w.nodes[m.ID]
+		if before == nil || before.member != t.member || live(t, now) != w.Snapshot().has(t.member) {
+			w.rebuild(now)
+		}
 	case "down":
-		if _, known := w.nodes[ev.ID]; known {
-			delete(w.nodes, ev.ID)
+		if w.deregistered(ev.ID, ev.AtMillis) {
 			w.rebuild(now)
 		}
 	default:
 		w.logger.Warn("skipping registry event with unknown op", zap.String("op", ev.Op))
 	}
+}
+
+// heartbeat applies a heartbeat of m at Redis time beat (Unix ms, 0 if unknown),
+// seen locally at seen, unless a newer fact about the node is known. It
+// reports whether it was applied. w.mu must be held.
+func (w *Watcher) heartbeat(m *Member, beat int64, seen time.Time) bool {
+	old, ok := w.nodes[m.ID]
+	if beat != 0 && (beat <= w.gone[m.ID] || ok && beat <= old.beat) {
+		return false // deregistered since, or this heartbeat is already known
+	}
+	delete(w.gone, m.ID)
+	next := &tracked{member: m, beat: beat, seen: seen}
+	if ok {
+		if reflect.DeepEqual(old.member.Node, m.Node) {
+			next.member = old.member
+		}
+		next.grace = old.grace
+	}
+	w.nodes[m.ID] = next
+	return true
+}
+
+// deregistered applies the deregistration of id at Redis time at (Unix ms, 0 if
+// unknown), unless the node has heartbeated since, and remembers it. It
+// reports whether a tracked node was removed. w.mu must be held.
+func (w *Watcher) deregistered(id string, at int64) bool {
+	t, ok := w.nodes[id]
+	if ok && at != 0 && t.beat > at {
+		return false // registered again since
+	}
+	if at > w.gone[id] {
+		w.gone[id] = at
+	}
+	delete(w.nodes, id)
+	return ok
 }
 
 // live reports whether a tracked node is live at now. A node that was live

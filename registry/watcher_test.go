@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -348,4 +349,76 @@ func TestWatcherOutageGraceOnlyForLiveNodes(t *testing.T) {
 	waitFor(t, func() bool { return !hasID(w, "live") }, "the live node to expire after its grace")
 	require.GreaterOrEqual(t, time.Since(resumed), ttl/2, "the grace ended long before one TTL")
 	require.True(t, w.Snapshot().Known("m"))
+}
+
+// TestWatcherOrdersFacts checks that of two facts about a node the newer
+// wins, in whichever order the watcher sees them: a full read taken before a
+// deregistration and applied after it, an "up" event that arrives after a
+// read that already showed the tombstone, and a read taken between a
+// deregistration and a new registration, applied after both.
+func TestWatcherOrdersFacts(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	w, _ := e.watch(WatcherOptions{Resync: time.Hour})
+	sub := e.rdb.Subscribe(ctx, e.client.Keys().Events)
+	defer sub.Close()
+	_, err := sub.Receive(ctx)
+	require.NoError(t, err)
+	applyRead := func(r registryRead) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.applyRead(r, time.Now())
+	}
+
+	n := Node{ID: "n", URL: "http://127.0.0.1:9001", Models: []string{"m"}, TTLMillis: 60_000}
+	require.NoError(t, e.client.Register(ctx, n))
+	upEvent, err := sub.ReceiveMessage(ctx)
+	require.NoError(t, err)
+	waitFor(t, func() bool { return hasID(w, "n") }, "the node to be registered")
+	before, err := e.client.read(ctx)
+	require.NoError(t, err)
+
+	_, err = e.client.Deregister(ctx, "n")
+	require.NoError(t, err)
+	waitFor(t, func() bool { return !hasID(w, "n") }, "the node to be deregistered")
+	applyRead(before)
+	require.False(t, hasID(w, "n"), "a read older than the deregistration revived the node")
+	require.False(t, w.Snapshot().Known("m"))
+
+	between, err := e.client.read(ctx)
+	require.NoError(t, err)
+	require.Contains(t, between.tombstones, "n")
+	applyRead(between)
+	w.apply(upEvent.Payload)
+	require.False(t, hasID(w, "n"), "an up event older than the tombstone revived the node")
+
+	require.NoError(t, e.client.Register(ctx, n))
+	waitFor(t, func() bool { return hasID(w, "n") }, "the node to be registered again")
+	applyRead(between)
+	require.True(t, hasID(w, "n"), "a read older than the new registration removed the node")
+}
+
+// TestWatcherResyncsRaceDeregistrations registers and deregisters nodes
+// while the watcher re-reads the registry back to back: no deregistered
+// node may come back.
+func TestWatcherResyncsRaceDeregistrations(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	w, _ := e.watch(WatcherOptions{Resync: time.Millisecond})
+	var revived []string
+	for i := range 300 {
+		id := fmt.Sprintf("n%d", i)
+		require.NoError(t, e.client.Register(ctx, Node{ID: id, URL: "http://127.0.0.1:9001", TTLMillis: 60_000}))
+		waitFor(t, func() bool { return hasID(w, id) }, id+" to be registered")
+		_, err := e.client.Deregister(ctx, id)
+		require.NoError(t, err)
+		waitFor(t, func() bool { return !hasID(w, id) }, id+" to be deregistered")
+		for calls := e.hgetallCalls(); e.hgetallCalls() < calls+2; {
+			if hasID(w, id) {
+				revived = append(revived, id)
+				break
+			}
+		}
+	}
+	require.Empty(t, revived, "deregistered nodes revived by a resync")
 }
