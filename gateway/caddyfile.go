@@ -18,6 +18,7 @@ import (
 //		retry_after      <duration>
 //		retries          <n>
 //		try_duration     <duration>
+//		stream_header_timeout <duration>
 //		retry_budget     <fraction or percent, e.g. 0.2 or 20%>
 //		retry_budget_min <n>
 //	}
@@ -54,6 +55,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.TryDuration = caddy.Duration(dur)
 			}
+		case "stream_header_timeout":
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil {
+				return d.Errf("parsing %s: %v", option, err)
+			}
+			timeout := caddy.Duration(dur)
+			h.StreamHeaderTimeout = &timeout
 		case "retries", "retry_budget_min":
 			n, err := strconv.Atoi(d.Val())
 			if err != nil {

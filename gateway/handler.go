@@ -58,6 +58,13 @@ type Handler struct {
 	// start. Default: 30s.
 	TryDuration caddy.Duration `json:"try_duration,omitempty"`
 
+	// StreamHeaderTimeout is how long an attempt of a streamed request
+	// waits for the node's response headers (streaming servers send them
+	// at once, before the first token) before it counts as a failure of
+	// the node and is retried. 0: no limit. Default: 30s, long enough for
+	// a server that loads its model before answering (Ollama).
+	StreamHeaderTimeout *caddy.Duration `json:"stream_header_timeout,omitempty"`
+
 	// RetryBudget bounds the retries of answers that reached an engine
 	// (429, 5xx), as a fraction of requests over 10 s on top of
 	// RetryBudgetMin, so that an overloaded cluster is not sent more work
@@ -80,6 +87,7 @@ type Handler struct {
 const (
 	defaultRetries        = 2
 	defaultTryDuration    = 30 * time.Second
+	defaultHeaderTimeout  = 30 * time.Second
 	defaultRetryBudget    = 0.2
 	defaultRetryBudgetMin = 5
 	retryBudgetWindow     = 10 * time.Second
@@ -135,6 +143,10 @@ func (h *Handler) setDefaults() {
 	if h.Retries != nil {
 		h.failover.Retries = *h.Retries
 	}
+	h.failover.StreamHeaderTimeout = defaultHeaderTimeout
+	if h.StreamHeaderTimeout != nil {
+		h.failover.StreamHeaderTimeout = time.Duration(*h.StreamHeaderTimeout)
+	}
 	h.runner = hedging.NewFailoverRunner(h.logger)
 }
 
@@ -154,6 +166,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.Retries != nil && (*h.Retries < 0 || *h.Retries > 10) {
 		return fmt.Errorf("retries: must be within 0-10, got %d", *h.Retries)
+	}
+	if h.StreamHeaderTimeout != nil && *h.StreamHeaderTimeout < 0 {
+		return fmt.Errorf("stream_header_timeout: must not be negative")
 	}
 	if h.TryDuration < 0 {
 		return fmt.Errorf("try_duration: must not be negative")
@@ -199,7 +214,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 				"you must provide a model parameter").write(w, 0)
 			return nil
 		case err == nil:
-			req.Model = fields.Model
+			req.Model, req.Stream = fields.Model, fields.Stream
 		}
 		// Any other body (not JSON, on a path that need not be) is routed
 		// to any live node, unchanged.

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -42,6 +43,9 @@ type attempt struct {
 	// this attempt started: more after it means one ran inside it.
 	racesBefore int32
 
+	gotHeader atomic.Bool // the node's response headers arrived
+	timedOut  atomic.Bool // they did not arrive in time: cancelled
+
 	// Set by the attempt's goroutine; read after done is closed, or under
 	// race.mu.
 	header      http.Header
@@ -70,6 +74,7 @@ func (a *attempt) WriteHeader(status int) {
 		return
 	}
 	a.status = status
+	a.gotHeader.Store(true)
 	a.sse = strings.HasPrefix(a.header.Get("Content-Type"), "text/event-stream")
 	a.atLineHead = true
 	if status < 400 && status >= 300 || isClientError(status) && a.race.alone(a) {
@@ -212,6 +217,13 @@ func (r *race) isWinner(a *attempt) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.winner == a
+}
+
+// wonByLater reports whether an attempt started after a has won.
+func (r *race) wonByLater(a *attempt) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.winner != nil && r.winner.index > a.index
 }
 
 // decided reports whether some attempt has won.

@@ -45,6 +45,8 @@ import (
 type Handler struct {
 	// Delay is a fixed hedge delay. With Percentile set it is only the
 	// delay used until enough samples exist (0: no hedging until then).
+	// With neither set: 1s until the adaptive delay takes over, so that a
+	// node that never answers is raced from the first request on.
 	Delay caddy.Duration `json:"delay,omitempty"`
 
 	// Percentile (0-100) makes the delay adaptive: that percentile of the
@@ -103,16 +105,17 @@ type Handler struct {
 
 // Defaults.
 const (
-	defaultPercentile  = 95
-	defaultWindow      = 30 * time.Second
-	defaultMinSamples  = 20
-	defaultMinDelay    = 10 * time.Millisecond
-	defaultMaxDelay    = 30 * time.Second
-	defaultMaxAttempts = 2
-	defaultBudget      = 0.1
-	defaultBudgetWin   = 10 * time.Second
-	defaultBudgetMin   = 1
-	defaultMaxBody     = 1 << 20
+	defaultPercentile   = 95
+	defaultInitialDelay = time.Second
+	defaultWindow       = 30 * time.Second
+	defaultMinSamples   = 20
+	defaultMinDelay     = 10 * time.Millisecond
+	defaultMaxDelay     = 30 * time.Second
+	defaultMaxAttempts  = 2
+	defaultBudget       = 0.1
+	defaultBudgetWin    = 10 * time.Second
+	defaultBudgetMin    = 1
+	defaultMaxBody      = 1 << 20
 )
 
 var defaultPaths = []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
@@ -129,7 +132,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	if h.Delay == 0 && h.Percentile == 0 {
-		h.Percentile = defaultPercentile
+		h.Percentile, h.Delay = defaultPercentile, caddy.Duration(defaultInitialDelay)
 	}
 	if h.Window == 0 {
 		h.Window = caddy.Duration(defaultWindow)

@@ -153,8 +153,20 @@ func (rn *Runner) Run(w http.ResponseWriter, r *http.Request, req *request.Info,
 			rn.metrics.attempts.WithLabelValues(k.String()).Inc()
 		}
 		a.repl = repl
+		var headerTimer *time.Timer
+		if timeout := failover.StreamHeaderTimeout; timeout > 0 && req.Stream {
+			headerTimer = time.AfterFunc(timeout, func() {
+				if !a.gotHeader.Load() {
+					a.timedOut.Store(true)
+					a.cancel()
+				}
+			})
+		}
 		go func() {
 			defer func() {
+				if headerTimer != nil {
+					headerTimer.Stop()
+				}
 				a.panicked = recover()
 				close(a.done) // before reporting, so a winner sees it ended
 				finished <- a
@@ -196,7 +208,7 @@ func (rn *Runner) Run(w http.ResponseWriter, r *http.Request, req *request.Info,
 			if a.err == nil && a.panicked == nil && a.status >= 200 && a.status < 300 {
 				rc.claim(a) // a 2xx answer with no body wins when it ends
 			}
-			a.slot.End(rn.outcome(rc, a, r), now)
+			a.slot.End(rn.outcome(rc, a, r, req.Stream), now)
 			if rc.isWinner(a) {
 				continue // wait for the losers to stop too
 			}
@@ -245,15 +257,25 @@ func (rn *Runner) Run(w http.ResponseWriter, r *http.Request, req *request.Info,
 	return winner.err
 }
 
-// outcome is what a finished attempt says about its node.
-func (rn *Runner) outcome(rc *race, a *attempt, r *http.Request) health.Outcome {
+// outcome is what a finished attempt says about its node. A streamed
+// attempt that lost without even response headers from its node (which
+// streaming servers send at once), while a later one produced a token,
+// counts as a failure: the node is not answering.
+func (rn *Runner) outcome(rc *race, a *attempt, r *http.Request, stream bool) health.Outcome {
 	switch {
 	case rc.isWinner(a) && a.panicked == nil:
 		return health.Succeeded
 	case rc.isWinner(a) && r.Context().Err() == nil:
 		return health.Failed // the stream broke on the node's side
-	case rc.decided() || r.Context().Err() != nil:
-		return health.Abandoned // cancelled: it lost, or the client left
+	case a.timedOut.Load():
+		return health.Failed
+	case r.Context().Err() != nil:
+		return health.Abandoned // the client left
+	case rc.decided():
+		if stream && !a.gotHeader.Load() && rc.wonByLater(a) {
+			return health.Failed
+		}
+		return health.Abandoned // it lost
 	case a.status == http.StatusTooManyRequests:
 		return health.Overloaded
 	case a.status >= 500 || a.status == 0:

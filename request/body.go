@@ -13,6 +13,8 @@ type BodyFields struct {
 	Model string
 	// HasModel reports whether "model" was present.
 	HasModel bool
+	// Stream is the top-level "stream" flag.
+	Stream bool
 }
 
 // Errors of ParseBody, phrased for clients.
@@ -27,11 +29,11 @@ var (
 const maxDepth = 10000
 
 // ParseBody validates a JSON request body and reads its top-level "model"
-// without decoding the rest of the document.
+// and "stream" without decoding the rest of the document.
 //
 // It is a single pass that accepts exactly what encoding/json.Valid accepts
 // (invalid UTF-8 inside strings included, as encoding/json does) while it
-// picks the model out of the top-level object. Validation always runs
+// picks the two fields out of the top-level object. Validation always runs
 // to the end, so a malformed document is ErrMalformedJSON whatever else is
 // wrong with it.
 func ParseBody(body []byte) (BodyFields, error) {
@@ -75,12 +77,16 @@ func ParseBody(body []byte) (BodyFields, error) {
 				return BodyFields{}, ErrMalformedJSON
 			}
 			if modelErr == nil {
-				if keyIs(key, escaped, "model") {
-					if val := body[i:valEnd]; val[0] != '"' {
+				val := body[i:valEnd]
+				switch {
+				case keyIs(key, escaped, "model"):
+					if val[0] != '"' {
 						modelErr = ErrModelNotText
 					} else {
 						modelVal = val
 					}
+				case keyIs(key, escaped, "stream"):
+					f.Stream = len(val) == 4 && string(val) == "true"
 				}
 			}
 			i = skipSpace(body, valEnd)

@@ -18,17 +18,17 @@ func TestParseBody(t *testing.T) {
 		want    BodyFields
 		wantErr error
 	}{
-		{"model and stream", `{"model":"llama-3","stream":true}`, BodyFields{Model: "llama-3", HasModel: true}, nil},
+		{"model and stream", `{"model":"llama-3","stream":true}`, BodyFields{Model: "llama-3", HasModel: true, Stream: true}, nil},
 		{"stream false", `{"model":"m","stream":false}`, BodyFields{Model: "m", HasModel: true}, nil},
 		{"stream not a bool", `{"model":"m","stream":"true"}`, BodyFields{Model: "m", HasModel: true}, nil},
 		{"stream number", `{"model":"m","stream":1}`, BodyFields{Model: "m", HasModel: true}, nil},
 		{"stream null", `{"stream":null}`, BodyFields{}, nil},
 		{"stream object", `{"stream":{"x":true}}`, BodyFields{}, nil},
-		{"stream first", `{"stream":true,"messages":[],"model":"m"}`, BodyFields{Model: "m", HasModel: true}, nil},
-		{"whitespace", " \t\r\n{ \n\"model\" \t:\r\n \"m\" ,\n \"stream\" : true \n}\n ", BodyFields{Model: "m", HasModel: true}, nil},
-		{"no model", `{"stream":true}`, BodyFields{}, nil},
+		{"stream first", `{"stream":true,"messages":[],"model":"m"}`, BodyFields{Model: "m", HasModel: true, Stream: true}, nil},
+		{"whitespace", " \t\r\n{ \n\"model\" \t:\r\n \"m\" ,\n \"stream\" : true \n}\n ", BodyFields{Model: "m", HasModel: true, Stream: true}, nil},
+		{"stream then brace", `{"stream":true}`, BodyFields{Stream: true}, nil},
 		{"empty model", `{"model":""}`, BodyFields{HasModel: true}, nil},
-		{"escaped key", `{"mo\u0064el":"m","str\u0065am":true}`, BodyFields{Model: "m", HasModel: true}, nil},
+		{"escaped key", `{"mo\u0064el":"m","str\u0065am":true}`, BodyFields{Model: "m", HasModel: true, Stream: true}, nil},
 		{"escaped value", `{"model":"a\"b\\c\u00e9\n"}`, BodyFields{Model: "a\"b\\c\u00e9\n", HasModel: true}, nil},
 		{"unicode value", `{"model":"模型-7b"}`, BodyFields{Model: "模型-7b", HasModel: true}, nil},
 		{"invalid utf-8", "{\"model\":\"caf\xe9\"}", BodyFields{Model: "caf\ufffd", HasModel: true}, nil},
@@ -250,7 +250,8 @@ func TestParseBodyMutations(t *testing.T) {
 
 // oracle parses body with encoding/json's tokenizer: the top-level keys are
 // matched exactly (as the inference servers behind ai-lb do), the last
-// duplicate wins, and model must be a string.
+// duplicate wins, model must be a string, and stream is true only when its
+// value is the literal true.
 func oracle(body []byte) (BodyFields, error) {
 	var f BodyFields
 	if !json.Valid(body) {
@@ -285,6 +286,12 @@ func oracle(body []byte) (BodyFields, error) {
 				panic(err)
 			}
 			f.Model, f.HasModel = s, true
+		case "stream":
+			var v any
+			if err := decodeNumbers(raw, &v); err != nil {
+				panic(err)
+			}
+			f.Stream = v == true
 		}
 	}
 	return f, nil
@@ -338,29 +345,32 @@ func FuzzParseBody(f *testing.F) {
 		// The same through a struct decode, where its case-insensitive
 		// field matching cannot differ from an exact match.
 		var s struct {
-			Model *string `json:"model"`
+			Model  *string `json:"model"`
+			Stream any     `json:"stream"`
 		}
 		if !foldsToField(body) {
 			if err := decodeNumbers(body, &s); err != nil {
 				t.Fatalf("ParseBody(%q) succeeded but encoding/json failed: %v", body, err)
 			}
-			if (s.Model != nil) != got.HasModel || (s.Model != nil && *s.Model != got.Model) {
-				t.Fatalf("ParseBody(%q) = %#v; encoding/json decodes model %v", body, got, s.Model)
+			if (s.Model != nil) != got.HasModel || (s.Model != nil && *s.Model != got.Model) || (s.Stream == true) != got.Stream {
+				t.Fatalf("ParseBody(%q) = %#v; encoding/json decodes model %v, stream %v", body, got, s.Model, s.Stream)
 			}
 		}
 	})
 }
 
 // foldsToField reports whether a top-level key of a valid JSON object
-// matches "model" case-insensitively but not exactly.
+// matches "model" or "stream" case-insensitively but not exactly.
 func foldsToField(body []byte) bool {
 	var m map[string]json.RawMessage
 	if json.Unmarshal(body, &m) != nil {
 		return true
 	}
 	for k := range m {
-		if k != "model" && strings.EqualFold(k, "model") {
-			return true
+		for _, name := range []string{"model", "stream"} {
+			if k != name && strings.EqualFold(k, name) {
+				return true
+			}
 		}
 	}
 	return false
@@ -430,7 +440,7 @@ func TestChatBody(t *testing.T) {
 	require.InDelta(t, 40<<10, len(body), 8<<10, "the benchmark body is about 40 KB")
 	got, err := ParseBody(body)
 	require.NoError(t, err)
-	require.Equal(t, BodyFields{Model: "llama-3.1-70b-instruct", HasModel: true}, got)
+	require.Equal(t, BodyFields{Model: "llama-3.1-70b-instruct", HasModel: true, Stream: true}, got)
 }
 
 func BenchmarkParseBody(b *testing.B) {
@@ -439,7 +449,7 @@ func BenchmarkParseBody(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		f, err := ParseBody(body)
-		if err != nil || f.Model == "" {
+		if err != nil || !f.Stream {
 			b.Fatal(f, err)
 		}
 	}

@@ -21,6 +21,9 @@ import (
 type Info struct {
 	// Model is the request's `model`, or "" when it names none.
 	Model string
+	// Stream is the request's `stream` flag: a streamed answer's headers
+	// come at once, before its first token.
+	Stream bool
 	// Body is the buffered request body (nil when it was not buffered), so
 	// that every attempt can send it again.
 	Body []byte
@@ -96,7 +99,7 @@ func Of(r *http.Request) *Info {
 		r.Body = readCloser{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
 		if err == nil && len(buf) <= DefaultMaxBody {
 			if fields, err := ParseBody(buf); err == nil {
-				req.Model = fields.Model
+				req.Model, req.Stream = fields.Model, fields.Stream
 			}
 		}
 	}
