@@ -14,14 +14,15 @@ import (
 	"github.com/ai-lb/ai-lb/deploy"
 )
 
-// TestDocs: in DEPLOYMENT.md and deploy/openclaw/INTEGRATION.md, relative
+// TestDocs: in README.md, BENCHMARKS.md, DEPLOYMENT.md and
+// deploy/openclaw/INTEGRATION.md, relative
 // links (and their #anchors) resolve and every `caddy ...` command in a sh
 // block parses with the command line of the binary the image ships; and
 // DEPLOYMENT.md builds the image as xcaddy.Dockerfile expects and points to
 // the OpenClaw guide. (The guide's quick start and compose snippets are
 // checked in deploy, with the compose files: TestOpenClawDoc.)
 func TestDocs(t *testing.T) {
-	docs := []string{"DEPLOYMENT.md", filepath.Join("deploy", "openclaw", "INTEGRATION.md")}
+	docs := []string{"README.md", "BENCHMARKS.md", "DEPLOYMENT.md", filepath.Join("deploy", "openclaw", "INTEGRATION.md")}
 	link := regexp.MustCompile(`\]\(([^)#\s]*)(?:#([^)\s]*))?\)`)
 	for _, doc := range docs {
 		raw, err := os.ReadFile(doc)
@@ -47,7 +48,7 @@ func TestDocs(t *testing.T) {
 			}
 		}
 	}
-	deployment, err := os.ReadFile(docs[0])
+	deployment, err := os.ReadFile("DEPLOYMENT.md")
 	require.NoError(t, err)
 	require.Contains(t, string(deployment), "(deploy/openclaw/INTEGRATION.md)")
 	require.Contains(t, string(deployment), "docker build -f xcaddy.Dockerfile -t ai-lb .")

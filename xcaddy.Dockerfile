@@ -29,11 +29,12 @@ ENV CGO_ENABLED=0
 
 COPY go.mod go.sum ./
 # The root package (module.go) and every package it imports. A new package
-# imported by the module must be added here: deploy/deploy_test.go fails
+# imported by the module must be added here: deploy/dockerfile_test.go fails
 # until it is.
 COPY *.go ./
 COPY cli/ cli/
 COPY gateway/ gateway/
+COPY health/ health/
 COPY hedging/ hedging/
 COPY registry/ registry/
 COPY request/ request/
