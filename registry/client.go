@@ -186,6 +186,40 @@ func (c *Client) read(ctx context.Context) (registryRead, error) {
 	return r, nil
 }
 
+// prunable returns the entries whose last heartbeat is more than
+// PruneAfterTTLs TTLs old (the default TTL for a malformed entry), and
+// whether any tombstone is older than TombstoneRetention.
+func (r registryRead) prunable() (entries []Entry, staleTombstones bool) {
+	for _, e := range r.entries {
+		ttl := DefaultTTL
+		if e.Node != nil {
+			ttl = e.Node.TTL()
+		}
+		if !e.Heartbeat.IsZero() && e.Age > PruneAfterTTLs*ttl {
+			entries = append(entries, e)
+		}
+	}
+	oldest := r.now.Add(-TombstoneRetention).UnixMilli()
+	for _, at := range r.tombstones {
+		if at < oldest {
+			staleTombstones = true
+		}
+	}
+	return entries, staleTombstones
+}
+
+// prune removes the entries read as prunable, each unless it has
+// heartbeated since, as deregistrations, and the tombstones older than
+// TombstoneRetention. It returns how many entries it removed. It is
+// idempotent: replicas may prune at the same time.
+func (c *Client) prune(ctx context.Context, entries []Entry) (int, error) {
+	args := []any{c.keys.Events, TombstoneRetention.Milliseconds()}
+	for _, e := range entries {
+		args = append(args, e.ID, e.Heartbeat.UnixMilli())
+	}
+	return pruneScript.Run(ctx, c.rdb, c.scriptKeys(), args...).Int()
+}
+
 // scores maps the members of a sorted set of Unix ms to their times.
 func scores(zs []redis.Z) map[string]int64 {
 	m := make(map[string]int64, len(zs))

@@ -260,3 +260,42 @@ func TestNodeDialAndDefaults(t *testing.T) {
 	require.Equal(t, 1500*time.Millisecond, n.TTL())
 	require.Equal(t, 3.0, n.EffectiveWeight())
 }
+
+// TestClientPruneRechecksHeartbeat checks that pruning re-checks each
+// heartbeat in Redis: a node that heartbeated after the read that found it
+// long expired is kept. It also drops tombstones older than their retention.
+func TestClientPruneRechecksHeartbeat(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	keys := e.client.Keys()
+	n := Node{ID: "n", URL: "http://127.0.0.1:1", TTLMillis: 50}
+	gone := Node{ID: "gone", URL: "http://127.0.0.1:2", TTLMillis: 50}
+	require.NoError(t, e.client.Register(ctx, n))
+	require.NoError(t, e.client.Register(ctx, gone))
+	old := float64(time.Now().Add(-TombstoneRetention - time.Second).UnixMilli())
+	require.NoError(t, e.rdb.ZAdd(ctx, keys.Tombstones, redis.Z{Member: "ancient", Score: old}).Err())
+	time.Sleep(PruneAfterTTLs*n.TTL() + 50*time.Millisecond)
+
+	stale, err := e.client.read(ctx)
+	require.NoError(t, err)
+	prunable, staleTombstones := stale.prunable()
+	require.Len(t, prunable, 2)
+	require.True(t, staleTombstones)
+	require.NoError(t, e.client.Register(ctx, n)) // a heartbeat after the read
+
+	pruned, err := e.client.prune(ctx, prunable)
+	require.NoError(t, err)
+	require.Equal(t, 1, pruned)
+	entries, err := e.client.List(ctx)
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+	require.Equal(t, "n", entries[0].ID)
+	require.True(t, entries[0].Live)
+	tombs, err := e.rdb.ZRange(ctx, keys.Tombstones, 0, -1).Result()
+	require.NoError(t, err)
+	require.Equal(t, []string{"gone"}, tombs, "the old tombstone is dropped, the pruned node leaves one")
+
+	pruned, err = e.client.prune(ctx, prunable)
+	require.NoError(t, err)
+	require.Zero(t, pruned, "pruning again removes nothing")
+}

@@ -59,16 +59,20 @@ type Event struct {
 // luaFacts starts every script that writes facts about nodes.
 // KEYS: nodes, heartbeats, tombstones.
 //
-// factTime(id) is the Redis clock in ms, moved past the node's last
+// nowMillis() is the Redis clock in Unix ms. factTime(id) is that clock in ms, moved past the node's last
 // heartbeat and tombstone, so that the facts about one node are strictly
 // ordered. The Redis clock, not the writer's, so that ai-lb replicas and
 // agents on machines with skewed clocks agree on a node's age.
 //
 // down(id, channel) removes a node, leaves its tombstone and announces it.
 const luaFacts = `
-local function factTime(id)
+local function nowMillis()
 	local t = redis.call('TIME')
-	local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+	return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function factTime(id)
+	local ms = nowMillis()
 	local last = math.max(tonumber(redis.call('ZSCORE', KEYS[2], id) or 0),
 		tonumber(redis.call('ZSCORE', KEYS[3], id) or 0))
 	return math.max(ms, last + 1)
@@ -101,6 +105,29 @@ return ms
 var downScript = redis.NewScript(luaFacts + `
 return down(ARGV[1], ARGV[2])
 `)
+
+// pruneScript removes the entries of nodes long expired, unless they have
+// heartbeated since they were read, and the tombstones older than the
+// retention.
+// KEYS: nodes, heartbeats, tombstones. ARGV: events channel, tombstone
+// retention in ms, then pairs of node ID and the heartbeat it was read with.
+var pruneScript = redis.NewScript(luaFacts + `
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (nowMillis() - tonumber(ARGV[2])))
+local n = 0
+for i = 3, #ARGV, 2 do
+	if tonumber(redis.call('ZSCORE', KEYS[2], ARGV[i]) or -1) == tonumber(ARGV[i + 1]) then
+		down(ARGV[i], ARGV[1])
+		n = n + 1
+	end
+end
+return n
+`)
+
+// PruneAfterTTLs is how old, in TTLs of its node, a heartbeat must be before
+// the watchers remove the node's entry from Redis. Until then an expired
+// node's models stay known (a request for them is answered 503, not 404),
+// so that a node that is only briefly gone does not look unknown.
+const PruneAfterTTLs = 3
 
 // Keys written by the original ai-lb's monitor, read when legacy keys are on.
 // They carry no hash tag and are read one at a time.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -191,9 +192,31 @@ func (w *Watcher) readAll(ctx context.Context) {
 	}
 	now := time.Now()
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	w.setUp(now)
 	w.applyRead(read, now)
+	prunable, staleTombstones := read.prunable()
+	// A node in its outage grace is old in Redis only because its agent
+	// could not heartbeat: it has until the grace ends to do so.
+	prunable = slices.DeleteFunc(prunable, func(e Entry) bool {
+		t, ok := w.nodes[e.ID]
+		return ok && inGrace(t, now)
+	})
+	w.mu.Unlock()
+	if len(prunable) > 0 || staleTombstones {
+		w.prune(readCtx, prunable)
+	}
+}
+
+// prune removes long-expired entries from Redis, so that their models stop
+// being known.
+func (w *Watcher) prune(ctx context.Context, entries []Entry) {
+	n, err := w.client.prune(ctx, entries)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		w.logger.Warn("pruning long-expired registry entries failed", zap.Error(err))
+	case n > 0:
+		w.logger.Info("pruned long-expired registry entries", zap.Int("pruned", n))
+	}
 }
 
 // applyRead merges a full read into the watcher's state. The read may be

@@ -315,14 +315,15 @@ func TestWatcherPubSubReconnectGrantsNoGrace(t *testing.T) {
 
 // TestWatcherOutageGraceOnlyForLiveNodes checks that after an outage during
 // which Redis kept its data (here: it refused every new connection), the
-// node that was live when the outage began gets one TTL from its end, and
-// the node that had already expired does not come back.
+// node that was live when the outage began gets one TTL from its end, and is
+// not pruned meanwhile although its heartbeat is older than PruneAfterTTLs,
+// while the node that had already expired does not come back.
 func TestWatcherOutageGraceOnlyForLiveNodes(t *testing.T) {
 	e := newTestEnv(t)
 	ctx := context.Background()
-	w, logs := e.watch(WatcherOptions{Resync: 200 * time.Millisecond})
-	const ttl = time.Second
-	expired := Node{ID: "expired", URL: "http://127.0.0.1:9001", Models: []string{"m"}, TTLMillis: 500}
+	w, logs := e.watch(WatcherOptions{Resync: 100 * time.Millisecond})
+	const ttl = 600 * time.Millisecond
+	expired := Node{ID: "expired", URL: "http://127.0.0.1:9001", Models: []string{"m"}, TTLMillis: 300}
 	live := Node{ID: "live", URL: "http://127.0.0.1:9002", Models: []string{"m"}, TTLMillis: ttl.Milliseconds()}
 	require.NoError(t, e.client.Register(ctx, expired))
 	waitFor(t, func() bool { return hasID(w, "expired") }, "the short-lived node")
@@ -336,7 +337,7 @@ func TestWatcherOutageGraceOnlyForLiveNodes(t *testing.T) {
 	require.NoError(t, e.rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err())
 	require.NoError(t, e.rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes").Err())
 	waitFor(t, func() bool { return logs.FilterMessage(msgOutage).Len() == 1 }, "the outage to be noticed")
-	time.Sleep(ttl + ttl/2) // longer than the live node's TTL
+	time.Sleep(PruneAfterTTLs*ttl + ttl/2) // past the live node's TTL, and its pruning age
 	require.Equal(t, []string{"live"}, ids(w.Snapshot()), "the snapshot is kept during the outage")
 
 	require.NoError(t, e.rdb.ConfigSet(ctx, "requirepass", "").Err())
@@ -345,10 +346,13 @@ func TestWatcherOutageGraceOnlyForLiveNodes(t *testing.T) {
 	for calls := e.hgetallCalls(); e.hgetallCalls() < calls+3; time.Sleep(10 * time.Millisecond) {
 		require.Equal(t, []string{"live"}, ids(w.Snapshot()), "the expired node came back, or the live one got no grace")
 	}
+	stored, err := e.rdb.HExists(ctx, e.client.Keys().Nodes, "live").Result()
+	require.NoError(t, err)
+	require.True(t, stored, "a node in its grace was pruned")
 
 	waitFor(t, func() bool { return !hasID(w, "live") }, "the live node to expire after its grace")
 	require.GreaterOrEqual(t, time.Since(resumed), ttl/2, "the grace ended long before one TTL")
-	require.True(t, w.Snapshot().Known("m"))
+	waitFor(t, func() bool { return !w.Snapshot().Known("m") }, "both nodes to be pruned after the grace")
 }
 
 // TestWatcherOrdersFacts checks that of two facts about a node the newer
@@ -421,4 +425,35 @@ func TestWatcherResyncsRaceDeregistrations(t *testing.T) {
 		}
 	}
 	require.Empty(t, revived, "deregistered nodes revived by a resync")
+}
+
+// TestWatcherPrunes checks that an entry whose heartbeat is older than
+// PruneAfterTTLs TTLs is removed from Redis, not before, as a
+// deregistration: its models stop being known (404, not 503), and a node
+// that came back meanwhile is untouched.
+func TestWatcherPrunes(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	w, logs := e.watch(WatcherOptions{Resync: 50 * time.Millisecond})
+	const ttl = 300 * time.Millisecond
+	dead := Node{ID: "dead", URL: "http://127.0.0.1:9001", Models: []string{"dead-model"}, TTLMillis: ttl.Milliseconds()}
+	back := Node{ID: "back", URL: "http://127.0.0.1:9002", Models: []string{"back-model"}, TTLMillis: ttl.Milliseconds()}
+	require.NoError(t, e.client.Register(ctx, back))
+	require.NoError(t, e.client.Register(ctx, dead))
+	registered := time.Now()
+	waitFor(t, func() bool { return !hasID(w, "dead") && !hasID(w, "back") }, "both nodes to expire")
+	require.True(t, w.Snapshot().Known("dead-model"), "an expired node's models stay known")
+	require.NoError(t, e.client.Register(ctx, back))
+
+	waitFor(t, func() bool { return !w.Snapshot().Known("dead-model") }, "the dead node to be pruned")
+	require.GreaterOrEqual(t, time.Since(registered), PruneAfterTTLs*ttl, "pruned before %d TTLs", PruneAfterTTLs)
+	entries, err := e.client.List(ctx)
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+	require.Equal(t, "back", entries[0].ID)
+	tomb, err := e.rdb.ZScore(ctx, e.client.Keys().Tombstones, "dead").Result()
+	require.NoError(t, err, "pruning leaves a tombstone")
+	require.Greater(t, int64(tomb), registered.UnixMilli())
+	require.Equal(t, 1, logs.FilterMessage("pruned long-expired registry entries").Len())
+	require.True(t, w.Snapshot().Known("back-model"))
 }

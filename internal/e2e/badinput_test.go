@@ -32,7 +32,7 @@ func TestBadInputAnswers(t *testing.T) {
 	gone.srv.Close() // registered, live, but nothing answers
 	c.register(gone, time.Hour)
 	expiring := c.startNode("node-expiring", simnode.Config{Models: []string{"expired-model"}})
-	c.register(expiring, 500*time.Millisecond)
+	c.register(expiring, 2*time.Second) // expired before the cases run, pruned (three TTLs) after
 
 	port := freePort(t)
 	startCaddy(t, testCaddyfile(t, fmt.Sprintf(`{
@@ -140,6 +140,46 @@ func TestBadInputAnswers(t *testing.T) {
 		require.Equal(t, http.StatusOK, status, body)
 		require.Equal(t, "node-a", node)
 	})
+}
+
+// TestPrunedNodeModelAnswers404: once an expired node's entry is pruned
+// (registry.PruneAfterTTLs), its model is no longer known: 404, not the 503
+// of a model whose nodes are down.
+func TestPrunedNodeModelAnswers404(t *testing.T) {
+	c := newCluster(t)
+	c.addNode("node-a", simnode.Config{})
+	const ttl = 500 * time.Millisecond
+	c.register(c.startNode("node-dead", simnode.Config{Models: []string{"dead-model"}}), ttl)
+	registered := time.Now()
+	port := freePort(t)
+	startCaddy(t, testCaddyfile(t, `{
+	ai_lb {
+		redis {env.REDIS_URL}
+		resync_interval 100ms
+	}
+}
+
+:8000 {
+	ai_lb
+	reverse_proxy {
+		dynamic ai_lb
+		lb_policy p2c
+	}
+}
+`, port))
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	eventually(t, 15*time.Second, func() error {
+		status, _, body, err := chat(base, "dead-model")
+		if err != nil || status != http.StatusNotFound || !strings.Contains(body, "model_not_found") {
+			return fmt.Errorf("%d %s %v", status, body, err)
+		}
+		return nil
+	})
+	require.GreaterOrEqual(t, time.Since(registered), registry.PruneAfterTTLs*ttl, "404 before the node was pruned")
+	status, node, body, err := chat(base, "sim-model")
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, status, body)
+	require.Equal(t, "node-a", node)
 }
 
 func TestNoNodesAnswers503(t *testing.T) {
