@@ -7,8 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -94,7 +92,9 @@ func nodeFromFlags(ctx context.Context, fs *pflag.FlagSet, nodeURL string) (regi
 		n.ID = dial
 	}
 	if len(n.Models) == 0 {
-		models, err := fetchModels(ctx, nodeURL)
+		fetchCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		models, err := registry.FetchModels(fetchCtx, nodeURL)
 		if err != nil {
 			return n, fmt.Errorf("asking the node for its models (or pass --models): %v", err)
 		}
@@ -113,45 +113,6 @@ func NodeAndRegistry(ctx context.Context, fs *pflag.FlagSet, nodeURL string) (re
 	}
 	client, err := openRegistry(fs)
 	return node, client, err
-}
-
-// fetchModels reads a node's /v1/models.
-func fetchModels(ctx context.Context, nodeURL string) ([]string, error) {
-	u, err := url.Parse(nodeURL)
-	if err != nil {
-		return nil, err
-	}
-	u.Path = strings.TrimSuffix(strings.TrimSuffix(u.Path, "/"), "/v1") + "/v1/models"
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
-	}
-	var list struct {
-		Data []struct {
-			ID string `json:"id"`
-		} `json:"data"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
-		return nil, fmt.Errorf("GET %s: %v", u, err)
-	}
-	var models []string
-	for _, m := range list.Data {
-		models = append(models, m.ID)
-	}
-	if len(models) == 0 {
-		return nil, fmt.Errorf("GET %s: no models listed", u)
-	}
-	return models, nil
 }
 
 // SignalContext ends on SIGINT or SIGTERM.
@@ -176,6 +137,12 @@ func registerCommand() *cobra.Command {
 Registers the node at --url. Without --once it stays up as the node's
 heartbeat agent, and deregisters the node on SIGINT or SIGTERM; with --once
 it registers (one heartbeat) and exits.
+
+The agent probes the node before every heartbeat: GET /health must answer
+2xx (or 404, for a server without /health, with GET /v1/models answering
+2xx) within 2s. A node that fails is registered unhealthy (no requests, its
+models stay known) until a probe passes again. Without --models, the
+registered models follow the node's /v1/models.
 `,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -198,7 +165,7 @@ it registers (one heartbeat) and exits.
 				fmt.Printf("registered %s (%s) serving %s\n", node.ID, node.URL, strings.Join(node.Models, ","))
 				return nil
 			}
-			agent := &registry.Agent{Client: client, Node: node, Logger: NewLogger()}
+			agent := &registry.Agent{Client: client, Node: node, Logger: NewLogger(), KeepModels: fs.Changed("models")}
 			return agent.Run(ctx)
 		},
 	}
@@ -278,13 +245,28 @@ type jsonEntry struct {
 	Node          *registry.Node `json:"node,omitempty"`
 	Error         string         `json:"error,omitempty"`
 	Live          bool           `json:"live"`
+	State         string         `json:"state"`
 	HeartbeatAgeS float64        `json:"heartbeat_age_s"`
+}
+
+// state names what ai-lb does with a registered node: live (routed),
+// unhealthy (live, not routed), expired, or malformed.
+func state(e registry.Entry) string {
+	switch {
+	case e.Err != nil:
+		return "malformed"
+	case !e.Live:
+		return "expired"
+	case e.Node.Unhealthy:
+		return "unhealthy"
+	}
+	return "live"
 }
 
 func jsonEntries(entries []registry.Entry) []jsonEntry {
 	out := make([]jsonEntry, 0, len(entries))
 	for _, e := range entries {
-		j := jsonEntry{ID: e.ID, Node: e.Node, Live: e.Live, HeartbeatAgeS: e.Age.Seconds()}
+		j := jsonEntry{ID: e.ID, Node: e.Node, Live: e.Live, State: state(e), HeartbeatAgeS: e.Age.Seconds()}
 		if e.Err != nil {
 			j.Error = e.Err.Error()
 		}
@@ -298,18 +280,14 @@ func printTable(entries []registry.Entry) {
 	fmt.Fprintln(tw, "ID\tSTATE\tURL\tMODELS\tMAX\tWEIGHT\tHEARTBEAT")
 	for _, e := range entries {
 		if e.Err != nil {
-			fmt.Fprintf(tw, "%s\tmalformed\t%v\t\t\t\t\n", e.ID, e.Err)
+			fmt.Fprintf(tw, "%s\t%s\t%v\t\t\t\t\n", e.ID, state(e), e.Err)
 			continue
-		}
-		state := "live"
-		if !e.Live {
-			state = "expired"
 		}
 		maxConc := "-"
 		if e.Node.MaxConcurrency > 0 {
 			maxConc = fmt.Sprint(e.Node.MaxConcurrency)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%g\t%s ago\n", e.ID, state, e.Node.URL,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%g\t%s ago\n", e.ID, state(e), e.Node.URL,
 			strings.Join(e.Node.Models, ","), maxConc, e.Node.EffectiveWeight(), e.Age.Round(time.Millisecond))
 	}
 	tw.Flush()

@@ -2,26 +2,51 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
 )
 
-// Agent keeps one node registered: it heartbeats every TTL/3 and
-// deregisters the node when its context ends.
+// Agent keeps one node registered while it runs, and says whether the node
+// can take requests: before every heartbeat (every TTL/3) it probes the
+// node, registers it as Unhealthy as soon as a probe fails, and as healthy
+// again as soon as one passes. It deregisters the node when its context
+// ends.
+//
+// A probe is healthy when GET <url>/health answers 2xx (vLLM, SGLang,
+// llama.cpp, TGI), or, for a server without /health (Ollama), when /health
+// answers 404 and GET <url>/v1/models answers 2xx. Any other answer, a
+// connection error, or no answer within ProbeTimeout (a hung node) fails it.
+// Unless KeepModels is set, every probe also reads /v1/models, and the
+// registered models follow the node's.
 type Agent struct {
 	Client *Client
 	Node   Node
 	Logger *zap.Logger
+	// KeepModels registers Node.Models as given (an operator named them)
+	// instead of the models the node's /v1/models lists.
+	KeepModels bool
 }
 
 // HeartbeatInterval is how often an agent re-registers its node: three
 // heartbeats per TTL, so one lost heartbeat never expires a live node.
 func HeartbeatInterval(ttl time.Duration) time.Duration { return ttl / 3 }
 
+// ProbeTimeout bounds an agent's probe of its node; a node that has not
+// answered by then is unhealthy. A probe never takes more than half the
+// heartbeat interval, so that a hung node cannot delay the heartbeat that
+// reports it past its TTL.
+const ProbeTimeout = 2 * time.Second
+
 // Run registers the node and heartbeats until ctx ends, then deregisters
 // it. Redis errors are logged (once per outage) and retried at the next
-// heartbeat; Run returns only when ctx ends.
+// heartbeat, as are the node's failures; Run returns only when ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	logger := a.Logger
 	if logger == nil {
@@ -30,27 +55,132 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.Node.Validate(); err != nil {
 		return err
 	}
-	tick := time.NewTicker(HeartbeatInterval(a.Node.TTL()))
+	node := a.Node
+	interval := HeartbeatInterval(node.TTL())
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	failing := false
 	for {
-		err := a.Client.Register(ctx, a.Node)
+		models, probeErr := a.probe(ctx, min(ProbeTimeout, interval/2))
+		switch {
+		case ctx.Err() != nil:
+		case probeErr != nil:
+			if !node.Unhealthy {
+				logger.Warn("node failed its probe; registering it unhealthy", zap.String("id", node.ID), zap.Error(probeErr))
+			}
+			node.Unhealthy = true
+		default:
+			if node.Unhealthy {
+				logger.Info("node healthy again", zap.String("id", node.ID))
+			}
+			node.Unhealthy = false
+			if !slices.Equal(models, node.Models) {
+				logger.Info("node's models changed", zap.String("id", node.ID), zap.Strings("models", models))
+				node.Models = models
+			}
+		}
+		err := a.Client.Register(ctx, node)
 		switch {
 		case ctx.Err() != nil:
 		case err != nil && !failing:
-			logger.Error("heartbeat failed; retrying", zap.String("id", a.Node.ID), zap.Error(err))
+			logger.Error("heartbeat failed; retrying", zap.String("id", node.ID), zap.Error(err))
 			failing = true
 		case err == nil && failing:
-			logger.Info("heartbeat restored", zap.String("id", a.Node.ID))
+			logger.Info("heartbeat restored", zap.String("id", node.ID))
 			failing = false
 		}
 		select {
 		case <-ctx.Done():
 			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			_, err := a.Client.Deregister(dctx, a.Node.ID)
+			_, err := a.Client.Deregister(dctx, node.ID)
 			return err
 		case <-tick.C:
 		}
 	}
+}
+
+// probe checks the node (see Agent) within timeout, and returns the models
+// to register.
+func (a *Agent) probe(ctx context.Context, timeout time.Duration) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	healthURL, err := nodeEndpoint(a.Node.URL, "/health")
+	if err != nil {
+		return nil, err
+	}
+	resp, err := get(ctx, healthURL)
+	if err != nil {
+		return nil, err
+	}
+	resp.Body.Close()
+	healthy := resp.StatusCode/100 == 2
+	if !healthy && resp.StatusCode != http.StatusNotFound {
+		return nil, fmt.Errorf("GET %s: %s", healthURL, resp.Status)
+	}
+	if healthy && a.KeepModels {
+		return a.Node.Models, nil
+	}
+	// /v1/models: the models to register, and the health of a node
+	// without /health.
+	models, err := FetchModels(ctx, a.Node.URL)
+	if err != nil {
+		return nil, err
+	}
+	if a.KeepModels {
+		return a.Node.Models, nil
+	}
+	return models, nil
+}
+
+// FetchModels reads the models a node's GET /v1/models lists.
+func FetchModels(ctx context.Context, nodeURL string) ([]string, error) {
+	u, err := nodeEndpoint(nodeURL, "/v1/models")
+	if err != nil {
+		return nil, err
+	}
+	resp, err := get(ctx, u)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	var list struct {
+		Data []struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		return nil, fmt.Errorf("GET %s: %v", u, err)
+	}
+	var models []string
+	for _, m := range list.Data {
+		models = append(models, m.ID)
+	}
+	if len(models) == 0 {
+		return nil, fmt.Errorf("GET %s: no models listed", u)
+	}
+	return models, nil
+}
+
+// nodeEndpoint returns the URL of path on a node whose registered URL may
+// end in /v1.
+func nodeEndpoint(nodeURL, path string) (string, error) {
+	u, err := url.Parse(nodeURL)
+	if err != nil {
+		return "", err
+	}
+	u.Path = strings.TrimSuffix(strings.TrimSuffix(u.Path, "/"), "/v1") + path
+	return u.String(), nil
+}
+
+// get sends a GET whose lifetime ctx bounds.
+func get(ctx context.Context, u string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	return http.DefaultClient.Do(req)
 }

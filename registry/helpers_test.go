@@ -2,8 +2,11 @@ package registry
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/ai-lb/ai-lb/internal/testredis"
+	"github.com/ai-lb/ai-lb/simnode"
 )
 
 // deadline bounds every wait for something expected within about a second.
@@ -110,4 +114,88 @@ func zaptestLogger(t *testing.T) *zap.Logger { return zaptest.NewLogger(t) }
 func observedLogger(t *testing.T) (*zap.Logger, *observer.ObservedLogs) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	return zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), core)), logs
+}
+
+// testNode is a simulated node on a loopback server, whose answers on some
+// paths the test can override.
+type testNode struct {
+	*simnode.Node
+	URL string
+
+	mu     sync.Mutex
+	status map[string]int // path -> status it answers, or hang
+}
+
+// hang, as the status of a path, makes it never answer (until the client
+// gives up).
+const hang = -1
+
+// startNode starts a simulated node serving models.
+func startNode(t *testing.T, models ...string) *testNode {
+	t.Helper()
+	n := &testNode{Node: simnode.New(simnode.Config{ID: "sim", Models: models}), status: map[string]int{}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.mu.Lock()
+		status, ok := n.status[r.URL.Path]
+		n.mu.Unlock()
+		switch {
+		case !ok:
+			n.Node.ServeHTTP(w, r)
+		case status == hang:
+			<-r.Context().Done()
+		default:
+			w.WriteHeader(status)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	n.URL = srv.URL
+	return n
+}
+
+// answer makes path answer status (or hang) from now on; 0 restores the
+// simulator's own answer.
+func (n *testNode) answer(path string, status int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if status == 0 {
+		delete(n.status, path)
+		return
+	}
+	n.status[path] = status
+}
+
+// runAgent runs a until the test ends or stop is called; stop returns what
+// Run returned.
+func runAgent(t *testing.T, a *Agent) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case err = <-done:
+			case <-time.After(deadline):
+				t.Error("Run did not return after its context ended")
+			}
+		})
+		return err
+	}
+	t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+// entry returns the registry's entry for id, or nil.
+func (e *testEnv) entry(id string) *Entry {
+	e.t.Helper()
+	entries, err := e.client.List(context.Background())
+	require.NoError(e.t, err)
+	for _, en := range entries {
+		if en.ID == id {
+			return &en
+		}
+	}
+	return nil
 }

@@ -38,7 +38,15 @@ type Node struct {
 	// TTLMillis is how long the node stays live after its last
 	// heartbeat, in milliseconds. 0 means DefaultTTL.
 	TTLMillis int64 `json:"ttl_ms,omitempty"`
+
+	// Unhealthy marks a node whose agent found it failing (see Agent):
+	// it stays registered and live, so its models stay known (a request
+	// for them is answered 503, not 404), but it gets no requests.
+	Unhealthy bool `json:"unhealthy,omitempty"`
 }
+
+// Routable reports whether a live node may be offered requests.
+func (n *Node) Routable() bool { return !n.Unhealthy }
 
 // DefaultTTL is the liveness period of a node that does not set one.
 const DefaultTTL = 15 * time.Second

@@ -307,7 +307,7 @@ func (w *Watcher) apply(payload string) {
 		}
 		// A heartbeat of an unchanged node rebuilds only if it revives it.
 		t := w.nodes[m.ID]
-		if before == nil || before.member != t.member || live(t, now) != w.Snapshot().has(t.member) {
+		if before == nil || before.member != t.member || routable(t, now) != w.Snapshot().has(t.member) {
 			w.rebuild(now)
 		}
 	case "down":
@@ -364,6 +364,12 @@ func live(t *tracked, now time.Time) bool {
 	return now.Sub(seen) <= t.member.TTL()
 }
 
+// routable reports whether a tracked node is offered requests at now: it is
+// live, and neither its agent nor an operator took it out.
+func routable(t *tracked, now time.Time) bool {
+	return live(t, now) && t.member.Routable()
+}
+
 // inGrace reports whether a tracked node is within the TTL it was granted
 // at the end of an outage.
 func inGrace(t *tracked, now time.Time) bool {
@@ -374,7 +380,7 @@ func inGrace(t *tracked, now time.Time) bool {
 func (w *Watcher) livenessChanged(now time.Time) bool {
 	s := w.Snapshot()
 	for _, t := range w.nodes {
-		if live(t, now) != s.has(t.member) {
+		if routable(t, now) != s.has(t.member) {
 			return true
 		}
 	}
@@ -386,7 +392,7 @@ func (w *Watcher) rebuild(now time.Time) {
 	var members []*Member
 	dormant := make(map[string]bool)
 	for _, t := range w.nodes {
-		if live(t, now) {
+		if routable(t, now) {
 			members = append(members, t.member)
 			continue
 		}

@@ -181,7 +181,7 @@ func TestWatcherRedisOutage(t *testing.T) {
 	w, logs := e.watch(WatcherOptions{Resync: 200 * time.Millisecond})
 
 	const ttl = 2 * time.Second
-	a := Node{ID: "a", URL: "http://127.0.0.1:9001", Models: []string{"m"}, TTLMillis: ttl.Milliseconds()}
+	a := Node{ID: "a", URL: startNode(t, "m").URL, Models: []string{"m"}, TTLMillis: ttl.Milliseconds()}
 	b := Node{ID: "b", URL: "http://127.0.0.1:9002", Models: []string{"m"}, TTLMillis: ttl.Milliseconds()}
 	require.NoError(t, e.client.Register(ctx, a))
 	require.NoError(t, e.client.Register(ctx, b))
@@ -203,13 +203,7 @@ func TestWatcherRedisOutage(t *testing.T) {
 	require.Equal(t, []string{"a", "b"}, ids(w.Snapshot()), "nodes dropped as soon as Redis came back")
 
 	// a re-registers; b does not.
-	agentCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- (&Agent{Client: e.client, Node: a}).Run(agentCtx) }()
-	t.Cleanup(func() {
-		stop()
-		<-done
-	})
+	runAgent(t, &Agent{Client: e.client, Node: a})
 
 	waitFor(t, func() bool { return !hasID(w, "b") }, "b to be dropped after the grace period")
 	require.GreaterOrEqual(t, time.Since(resumed), ttl/2, "b dropped long before one TTL after the outage")
