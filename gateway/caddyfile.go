@@ -7,7 +7,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/dustin/go-humanize"
 
-	"github.com/ai-lb/ai-lb/hedging"
+	"github.com/ai-lb/ai-lb/health"
 )
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
@@ -73,7 +73,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.RetryBudgetMin = &n
 			}
 		case "retry_budget":
-			f, err := hedging.ParseFraction(d.Val())
+			f, err := health.ParseFraction(d.Val())
 			if err != nil {
 				return d.Errf("parsing retry_budget: %v", err)
 			}

@@ -79,7 +79,7 @@ type Handler struct {
 	minNodes int // MinNodes, or its default
 	failover request.Failover
 	runner   *hedging.Runner
-	app      *registry.App
+	snapshot func() *registry.Snapshot // the registry's live nodes, now
 	logger   *zap.Logger
 }
 
@@ -109,7 +109,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.app = app
+	h.snapshot = app.Snapshot
 	return nil
 }
 
@@ -275,7 +275,7 @@ func (h *Handler) readBody(r *http.Request) ([]byte, *apiError) {
 // registered node lists the model but is not live, or before the registry
 // has been read; otherwise 404.
 func (h *Handler) checkAvailable(model string) *apiError {
-	snap := h.app.Snapshot()
+	snap := h.snapshot()
 	if len(snap.Members) == 0 {
 		return serverError(http.StatusServiceUnavailable, "no_nodes_available", "no inference node is available")
 	}

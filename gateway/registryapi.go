@@ -33,7 +33,7 @@ type healthBody struct {
 // and reports whether it did.
 func (h *Handler) serveRegistry(w http.ResponseWriter, r *http.Request) bool {
 	path := r.URL.Path
-	snap := h.app.Snapshot()
+	snap := h.snapshot()
 	switch {
 	case path == "/health":
 		body := healthBody{

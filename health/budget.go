@@ -1,9 +1,21 @@
 package health
 
 import (
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
+
+// ParseFraction reads a fraction of requests written as 0.1 or as 10%, as
+// budgets and rates are configured.
+func ParseFraction(s string) (float64, error) {
+	if pct, ok := strings.CutSuffix(s, "%"); ok {
+		f, err := strconv.ParseFloat(pct, 64)
+		return f / 100, err
+	}
+	return strconv.ParseFloat(s, 64)
+}
 
 // Budget bounds the extra upstream load that retries or hedges add: over
 // a sliding window, extra attempts may be at most ratio × requests +

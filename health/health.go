@@ -53,6 +53,9 @@ type Options struct {
 	BaseEjection time.Duration
 	// MaxEjection bounds an ejection's length.
 	MaxEjection time.Duration
+	// Off turns ejection off: outcomes are still counted, no node is ever
+	// ejected.
+	Off bool
 }
 
 // Defaults are the ejection settings used for unset Options fields:
@@ -95,20 +98,13 @@ func (o Options) withDefaults() Options {
 type Tracker struct {
 	opts   atomic.Pointer[Options]
 	logger atomic.Pointer[zap.Logger]
-	nodes  sync.Map // dial → *Node
-	events Events
-}
-
-// Events are the optional hooks a Tracker calls on ejection and recovery,
-// for metrics. They run outside the node's lock.
-type Events struct {
-	Ejected   func(dial string)
-	Recovered func(dial string)
+	nodes  sync.Map     // dial → *Node
+	swept  atomic.Int64 // Unix time of the last forget
 }
 
 // NewTracker returns a Tracker with the default options.
-func NewTracker(logger *zap.Logger, events Events) *Tracker {
-	t := &Tracker{events: events}
+func NewTracker(logger *zap.Logger) *Tracker {
+	t := new(Tracker)
 	t.SetOptions(Options{})
 	t.SetLogger(logger)
 	return t
@@ -134,7 +130,11 @@ func (t *Tracker) Node(dial string) *Node {
 	if n, ok := t.nodes.Load(dial); ok {
 		return n.(*Node)
 	}
-	n, _ := t.nodes.LoadOrStore(dial, &Node{dial: dial, tracker: t})
+	now := time.Now()
+	t.forget(now)
+	fresh := &Node{dial: dial, tracker: t}
+	fresh.lastUsed.Store(now.Unix())
+	n, _ := t.nodes.LoadOrStore(dial, fresh)
 	return n.(*Node)
 }
 
@@ -147,11 +147,19 @@ func (t *Tracker) Lookup(dial string) *Node {
 	return nil
 }
 
-// Forget drops the state of nodes that are not in live and have no request
-// in flight, so that departed nodes do not accumulate.
-func (t *Tracker) Forget(live func(dial string) bool) {
+// forgetAfter is how long a node's state is kept after its last attempt:
+// nodes come and go, and a departed one must not be kept for ever.
+const forgetAfter = time.Hour
+
+// forget drops the state of nodes with no attempt for forgetAfter, at
+// most once every forgetAfter/10, as new nodes appear.
+func (t *Tracker) forget(now time.Time) {
+	last := t.swept.Load()
+	if now.Unix()-last < int64(forgetAfter/10/time.Second) || !t.swept.CompareAndSwap(last, now.Unix()) {
+		return
+	}
 	t.nodes.Range(func(k, v any) bool {
-		if n := v.(*Node); !live(n.dial) && n.InFlight() == 0 {
+		if n := v.(*Node); n.InFlight() == 0 && now.Unix()-n.lastUsed.Load() > int64(forgetAfter/time.Second) {
 			t.nodes.Delete(k)
 		}
 		return true
@@ -163,6 +171,7 @@ type Node struct {
 	dial     string
 	tracker  *Tracker
 	inFlight atomic.Int64
+	lastUsed atomic.Int64 // Unix time of the last attempt
 
 	mu           sync.Mutex
 	consecutive  int       // failed attempts in a row
@@ -221,6 +230,7 @@ func (n *Node) Full(maxConcurrency int) bool {
 // backoff has passed is its probe. The attempt must be ended with End.
 func (n *Node) Begin(now time.Time) *Attempt {
 	n.inFlight.Add(1)
+	n.lastUsed.Store(now.Unix())
 	a := &Attempt{node: n}
 	n.mu.Lock()
 	if !n.ejectedUntil.IsZero() && !now.Before(n.ejectedUntil) && !n.probing {
@@ -272,6 +282,7 @@ func (n *Node) record(probe bool, o Outcome, now time.Time) {
 		n.consecutive++
 		total, failed := n.count(now, opts.Window, true)
 		switch {
+		case opts.Off:
 		case probe:
 			// The probe failed: eject again, for longer.
 			ejected = true
@@ -295,14 +306,10 @@ func (n *Node) record(probe bool, o Outcome, now time.Time) {
 	switch {
 	case ejected:
 		logger.Warn("node ejected", zap.String("node", n.dial), zap.Duration("for", backoff))
-		if t.events.Ejected != nil {
-			t.events.Ejected(n.dial)
-		}
+		ejections.Inc()
 	case recovered:
 		logger.Info("node recovered", zap.String("node", n.dial))
-		if t.events.Recovered != nil {
-			t.events.Recovered(n.dial)
-		}
+		recoveries.Inc()
 	}
 }
 

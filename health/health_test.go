@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 )
 
@@ -16,7 +17,7 @@ func attempt(n *Node, o Outcome, now time.Time) {
 }
 
 func TestInFlight(t *testing.T) {
-	tr := NewTracker(nil, Events{})
+	tr := NewTracker(nil)
 	n := tr.Node("a:1")
 	require.Same(t, n, tr.Node("a:1"))
 	require.Nil(t, tr.Lookup("b:1"))
@@ -33,11 +34,8 @@ func TestInFlight(t *testing.T) {
 }
 
 func TestConsecutiveFailuresEject(t *testing.T) {
-	var ejected, recovered []string
-	tr := NewTracker(nil, Events{
-		Ejected:   func(d string) { ejected = append(ejected, d) },
-		Recovered: func(d string) { recovered = append(recovered, d) },
-	})
+	tr := NewTracker(nil)
+	ejected, recovered := testutil.ToFloat64(ejections), testutil.ToFloat64(recoveries)
 	n := tr.Node("a:1")
 	for i := range Defaults.ConsecutiveFailures - 1 {
 		attempt(n, Failed, t0)
@@ -50,7 +48,7 @@ func TestConsecutiveFailuresEject(t *testing.T) {
 	require.Equal(t, Ready, n.State(t0))
 	attempt(n, Failed, t0)
 	require.Equal(t, Ejected, n.State(t0))
-	require.Equal(t, []string{"a:1"}, ejected)
+	require.Equal(t, ejected+1, testutil.ToFloat64(ejections))
 
 	// Abandoned and overloaded attempts say nothing.
 	attempt(n, Abandoned, t0)
@@ -64,11 +62,11 @@ func TestConsecutiveFailuresEject(t *testing.T) {
 	require.Equal(t, Ejected, n.State(later), "one probe at a time")
 	probe.End(Succeeded, later)
 	require.Equal(t, Ready, n.State(later))
-	require.Equal(t, []string{"a:1"}, recovered)
+	require.Equal(t, recovered+1, testutil.ToFloat64(recoveries))
 }
 
 func TestBackoffGrows(t *testing.T) {
-	tr := NewTracker(nil, Events{})
+	tr := NewTracker(nil)
 	tr.SetOptions(Options{ConsecutiveFailures: 1, BaseEjection: time.Second, MaxEjection: 4 * time.Second})
 	n := tr.Node("a:1")
 	now := t0
@@ -96,7 +94,7 @@ func alternate(i int) Outcome {
 }
 
 func TestFailureRateEjects(t *testing.T) {
-	tr := NewTracker(nil, Events{})
+	tr := NewTracker(nil)
 	n := tr.Node("a:1")
 	// Alternating: never 5 in a row, but half of 10 attempts failed.
 	for i := range Defaults.MinRequests - 1 {
@@ -116,20 +114,31 @@ func TestFailureRateEjects(t *testing.T) {
 	require.Equal(t, Ready, m.State(later))
 }
 
+func TestOff(t *testing.T) {
+	tr := NewTracker(nil)
+	tr.SetOptions(Options{Off: true})
+	n := tr.Node("a:1")
+	for range 100 {
+		attempt(n, Failed, t0)
+	}
+	require.Equal(t, Ready, n.State(t0))
+}
+
 func TestForget(t *testing.T) {
-	tr := NewTracker(nil, Events{})
+	tr := NewTracker(nil)
 	busy := tr.Node("busy:1").Begin(t0)
-	tr.Node("idle:1")
-	tr.Node("live:1")
-	tr.Forget(func(d string) bool { return d == "live:1" })
+	tr.Node("idle:1").Begin(t0).End(Succeeded, t0)
+	recent := t0.Add(2 * forgetAfter)
+	tr.Node("recent:1").Begin(recent).End(Succeeded, recent)
+	tr.forget(recent.Add(time.Minute))
 	require.NotNil(t, tr.Lookup("busy:1"), "kept while a request is in flight")
 	require.Nil(t, tr.Lookup("idle:1"))
-	require.NotNil(t, tr.Lookup("live:1"))
+	require.NotNil(t, tr.Lookup("recent:1"))
 	busy.End(Succeeded, t0)
 }
 
 func TestConcurrent(t *testing.T) {
-	tr := NewTracker(nil, Events{})
+	tr := NewTracker(nil)
 	var wg sync.WaitGroup
 	for w := range 8 {
 		wg.Add(1)
@@ -151,7 +160,7 @@ func TestConcurrent(t *testing.T) {
 }
 
 func BenchmarkBeginEnd(b *testing.B) {
-	tr := NewTracker(nil, Events{})
+	tr := NewTracker(nil)
 	n := tr.Node("a:1")
 	b.ReportAllocs()
 	now := t0

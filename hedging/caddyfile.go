@@ -3,11 +3,12 @@ package hedging
 import (
 	"slices"
 	"strconv"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/dustin/go-humanize"
+
+	"github.com/ai-lb/ai-lb/health"
 )
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. The bare
@@ -80,7 +81,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.BudgetMin = &n
 		case "budget":
 			var f float64
-			f, err = ParseFraction(val)
+			f, err = health.ParseFraction(val)
 			h.Budget = &f
 		case "max_body_size":
 			var size uint64
@@ -102,15 +103,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // valueOptions are the options that take exactly one value.
 var valueOptions = []string{"delay", "window", "min_delay", "max_delay", "budget_window",
 	"percentile", "min_samples", "max_attempts", "budget_min", "budget", "max_body_size"}
-
-// ParseFraction reads a fraction written as 0.1 or as 10%.
-func ParseFraction(s string) (float64, error) {
-	if pct, ok := strings.CutSuffix(s, "%"); ok {
-		f, err := strconv.ParseFloat(pct, 64)
-		return f / 100, err
-	}
-	return strconv.ParseFloat(s, 64)
-}
 
 func parseDuration(s string, into *caddy.Duration) error {
 	d, err := caddy.ParseDuration(s)

@@ -32,7 +32,7 @@ func testHandler(delay time.Duration) *Handler {
 }
 
 // testNodes is the node health state the fake upstreams report to.
-var testNodes = health.NewTracker(nil, health.Events{})
+var testNodes = health.NewTracker(nil)
 
 // testRequest is a hedgeable request as the ai_lb handler passes it on.
 func testRequest(ctx context.Context) *http.Request {

@@ -41,9 +41,82 @@ type App struct {
 	// switch load balancer without changing its monitor.
 	LegacyKeys bool `json:"legacy_keys,omitempty"`
 
+	// Ejection tunes outlier ejection: a node that keeps failing is left
+	// out of routing for a backoff that grows while it keeps failing,
+	// then one probe request decides. On by default; see Ejection's
+	// fields for the defaults.
+	Ejection *Ejection `json:"ejection,omitempty"`
+
 	watcher *Watcher
 	health  *health.Tracker
 	poolKey string
+}
+
+// Ejection is the outlier ejection of the nodes, shared by every site of
+// the process. Unset fields take their defaults.
+type Ejection struct {
+	// ConsecutiveFailures ejects a node after this many failed attempts
+	// in a row (connection failures, 5xx, streams that broke, streamed
+	// attempts without headers). Default: 5, as Envoy's consecutive_5xx.
+	ConsecutiveFailures int `json:"consecutive_failures,omitempty"`
+
+	// FailureRate ejects a node whose share of failed attempts within
+	// Window reaches it, once it had MinRequests there. Default: 0.5.
+	FailureRate float64 `json:"failure_rate,omitempty"`
+
+	// MinRequests is the least attempts within Window for FailureRate to
+	// count. Default: 10.
+	MinRequests int `json:"min_requests,omitempty"`
+
+	// Window is the period of FailureRate. Default: 10s.
+	Window caddy.Duration `json:"window,omitempty"`
+
+	// BaseDuration is the first ejection's length; it doubles with each
+	// ejection in a row (a failed probe), up to MaxDuration. Default: 5s.
+	BaseDuration caddy.Duration `json:"base_duration,omitempty"`
+
+	// MaxDuration bounds an ejection's length. Default: 60s.
+	MaxDuration caddy.Duration `json:"max_duration,omitempty"`
+
+	// Off turns ejection off.
+	Off bool `json:"off,omitempty"`
+}
+
+// options returns the ejection settings as node health takes them.
+func (e *Ejection) options() health.Options {
+	if e == nil {
+		return health.Options{}
+	}
+	return health.Options{
+		ConsecutiveFailures: e.ConsecutiveFailures,
+		FailureRate:         e.FailureRate,
+		MinRequests:         e.MinRequests,
+		Window:              time.Duration(e.Window),
+		BaseEjection:        time.Duration(e.BaseDuration),
+		MaxEjection:         time.Duration(e.MaxDuration),
+		Off:                 e.Off,
+	}
+}
+
+// validate checks the ejection settings.
+func (e *Ejection) validate() error {
+	switch {
+	case e == nil:
+		return nil
+	case e.ConsecutiveFailures < 0:
+		return fmt.Errorf("ejection: consecutive_failures: must not be negative")
+	case e.FailureRate < 0 || e.FailureRate > 1:
+		return fmt.Errorf("ejection: failure_rate: must be within 0-1, got %v", e.FailureRate)
+	case e.MinRequests < 0:
+		return fmt.Errorf("ejection: min_requests: must not be negative")
+	case e.Window != 0 && e.Window < caddy.Duration(time.Second):
+		return fmt.Errorf("ejection: window: must be at least 1s")
+	case e.BaseDuration < 0 || e.MaxDuration < 0:
+		return fmt.Errorf("ejection: base_duration and max_duration: must not be negative")
+	case e.MaxDuration != 0 && e.BaseDuration > e.MaxDuration:
+		return fmt.Errorf("ejection: base_duration %v exceeds max_duration %v", time.Duration(e.BaseDuration), time.Duration(e.MaxDuration))
+	}
+	return nil
 }
 
 // watchers holds the Redis watchers in use, keyed by their settings, so
@@ -83,6 +156,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.ResyncInterval < 0 {
 		return fmt.Errorf("resync_interval: must not be negative")
 	}
+	if err := a.Ejection.validate(); err != nil {
+		return err
+	}
 	opts := WatcherOptions{Resync: time.Duration(a.ResyncInterval), LegacyKeys: a.LegacyKeys}
 	a.poolKey = fmt.Sprintf("%s|%s|%d|%t", redisURL, a.Prefix, opts.Resync, opts.LegacyKeys)
 	logger := ctx.Logger()
@@ -93,7 +169,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 		logger.Info("watching node registry", zap.String("redis", redactURL(redisURL)), zap.String("prefix", client.Keys().Nodes))
 		return &pooledWatcher{watcher: NewWatcher(client, opts, logger), client: client,
-			health: health.NewTracker(logger, health.Events{})}, nil
+			health: health.NewTracker(logger)}, nil
 	})
 	if err != nil {
 		a.poolKey = ""
@@ -101,6 +177,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	pooled := val.(*pooledWatcher)
 	a.watcher, a.health = pooled.watcher, pooled.health
+	// The node state outlives configs: the newest config's settings
+	// apply to it.
+	a.health.SetOptions(a.Ejection.options())
+	a.health.SetLogger(logger)
+	if err := health.RegisterMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
 	// A new watcher (first start, or a reload that changed the registry
 	// settings) must not serve an empty snapshot before it has read the
 	// registry once. An unreachable Redis fails that read fast, or the

@@ -1,8 +1,12 @@
 package registry
 
 import (
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/ai-lb/ai-lb/health"
 )
 
 // UnmarshalCaddyfile sets up the app from the `ai_lb` global option:
@@ -12,6 +16,15 @@ import (
 //		prefix          <prefix>
 //		resync_interval <duration>
 //		legacy_keys
+//		ejection off
+//		ejection {
+//			consecutive_failures <n>
+//			failure_rate         <fraction or percent>
+//			min_requests         <n>
+//			window               <duration>
+//			base_duration        <duration>
+//			max_duration         <duration>
+//		}
 //	}
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume option name
@@ -41,6 +54,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.ResyncInterval = caddy.Duration(dur)
 		case "legacy_keys":
 			a.LegacyKeys = true
+		case "ejection":
+			if err := a.parseEjection(d); err != nil {
+				return err
+			}
 		default:
 			return d.Errf("unrecognized ai_lb option '%s'", d.Val())
 		}
@@ -49,6 +66,54 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// parseEjection reads `ejection off` or an `ejection { ... }` block.
+func (a *App) parseEjection(d *caddyfile.Dispenser) error {
+	a.Ejection = new(Ejection)
+	if d.NextArg() {
+		if d.Val() != "off" {
+			return d.Errf("ejection: expected 'off' or a block, got '%s'", d.Val())
+		}
+		a.Ejection.Off = true
+		return nil
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		option := d.Val()
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		var err error
+		switch option {
+		case "consecutive_failures":
+			a.Ejection.ConsecutiveFailures, err = strconv.Atoi(d.Val())
+		case "min_requests":
+			a.Ejection.MinRequests, err = strconv.Atoi(d.Val())
+		case "failure_rate":
+			a.Ejection.FailureRate, err = health.ParseFraction(d.Val())
+		case "window":
+			err = parseDuration(d.Val(), &a.Ejection.Window)
+		case "base_duration":
+			err = parseDuration(d.Val(), &a.Ejection.BaseDuration)
+		case "max_duration":
+			err = parseDuration(d.Val(), &a.Ejection.MaxDuration)
+		default:
+			return d.Errf("unrecognized ejection option '%s'", option)
+		}
+		if err != nil {
+			return d.Errf("parsing ejection %s: %v", option, err)
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	return nil
+}
+
+func parseDuration(s string, into *caddy.Duration) error {
+	d, err := caddy.ParseDuration(s)
+	*into = caddy.Duration(d)
+	return err
 }
 
 // Interface guards
