@@ -143,6 +143,9 @@ The agent probes the node before every heartbeat: GET /health must answer
 2xx) within 2s. A node that fails is registered unhealthy (no requests, its
 models stay known) until a probe passes again. Without --models, the
 registered models follow the node's /v1/models.
+
+SIGUSR1 drains the node: it gets no new requests while its streams finish,
+and stays registered (draining) until SIGINT or SIGTERM deregisters it.
 `,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -165,7 +168,10 @@ registered models follow the node's /v1/models.
 				fmt.Printf("registered %s (%s) serving %s\n", node.ID, node.URL, strings.Join(node.Models, ","))
 				return nil
 			}
-			agent := &registry.Agent{Client: client, Node: node, Logger: NewLogger(), KeepModels: fs.Changed("models")}
+			drain := make(chan os.Signal, 1)
+			signal.Notify(drain, syscall.SIGUSR1)
+			defer signal.Stop(drain)
+			agent := &registry.Agent{Client: client, Node: node, Logger: NewLogger(), KeepModels: fs.Changed("models"), Drain: drain}
 			return agent.Run(ctx)
 		},
 	}
@@ -179,9 +185,18 @@ registered models follow the node's /v1/models.
 
 func deregisterCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "deregister --id <id>",
-		Short: "Removes a node from the registry",
-		Args:  cobra.NoArgs,
+		Use:   "deregister --id <id> [--drain]",
+		Short: "Removes a node from the registry, or drains it",
+		Long: `
+Removes the node --id from the registry: every ai-lb replica stops routing
+to it at once.
+
+With --drain the node stays registered but gets no new requests, so the
+streams it serves finish; its agent keeps it registered as draining. Stop
+the agent (or deregister without --drain) once they are done. A new agent
+for the node ends the drain.
+`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			fs := cmd.Flags()
 			id, _ := fs.GetString("id")
@@ -193,19 +208,25 @@ func deregisterCommand() *cobra.Command {
 				return err
 			}
 			defer client.Close()
-			found, err := client.Deregister(cmd.Context(), id)
+			remove, done := client.Deregister, "deregistered"
+			if drain, _ := fs.GetBool("drain"); drain {
+				remove, done = client.Drain, "draining"
+			}
+			found, err := remove(cmd.Context(), id)
 			if err != nil {
 				return err
 			}
 			if !found {
 				return fmt.Errorf("no node %q is registered", id)
 			}
-			fmt.Printf("deregistered %s\n", id)
+			fmt.Printf("%s %s\n", done, id)
 			return nil
 		},
 	}
-	RegistryFlags(cmd.Flags())
-	cmd.Flags().String("id", "", "node ID (required)")
+	fs := cmd.Flags()
+	RegistryFlags(fs)
+	fs.String("id", "", "node ID (required)")
+	fs.Bool("drain", false, "stop new requests to the node but keep it registered while its streams finish")
 	return cmd
 }
 
@@ -250,13 +271,15 @@ type jsonEntry struct {
 }
 
 // state names what ai-lb does with a registered node: live (routed),
-// unhealthy (live, not routed), expired, or malformed.
+// draining or unhealthy (live, not routed), expired, or malformed.
 func state(e registry.Entry) string {
 	switch {
 	case e.Err != nil:
 		return "malformed"
 	case !e.Live:
 		return "expired"
+	case e.Node.Draining:
+		return "draining"
 	case e.Node.Unhealthy:
 		return "unhealthy"
 	}

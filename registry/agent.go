@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -17,7 +18,8 @@ import (
 // can take requests: before every heartbeat (every TTL/3) it probes the
 // node, registers it as Unhealthy as soon as a probe fails, and as healthy
 // again as soon as one passes. It deregisters the node when its context
-// ends.
+// ends. Its first registration ends a drain left by an earlier agent; a
+// drain set while it runs (Client.Drain, or Drain) lasts.
 //
 // A probe is healthy when GET <url>/health answers 2xx (vLLM, SGLang,
 // llama.cpp, TGI), or, for a server without /health (Ollama), when /health
@@ -32,6 +34,10 @@ type Agent struct {
 	// KeepModels registers Node.Models as given (an operator named them)
 	// instead of the models the node's /v1/models lists.
 	KeepModels bool
+	// Drain, when it delivers a signal (`caddy ai-lb register` wires
+	// SIGUSR1 to it), makes the agent register the node as draining at
+	// once, and keep heartbeating it so until its context ends.
+	Drain <-chan os.Signal
 }
 
 // HeartbeatInterval is how often an agent re-registers its node: three
@@ -60,6 +66,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	failing := false
+	mode := upFresh // until a registration succeeds
 	for {
 		models, probeErr := a.probe(ctx, min(ProbeTimeout, interval/2))
 		switch {
@@ -79,7 +86,10 @@ func (a *Agent) Run(ctx context.Context) error {
 				node.Models = models
 			}
 		}
-		err := a.Client.Register(ctx, node)
+		err := a.Client.register(ctx, node, mode)
+		if err == nil {
+			mode = upKeep
+		}
 		switch {
 		case ctx.Err() != nil:
 		case err != nil && !failing:
@@ -95,6 +105,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			defer cancel()
 			_, err := a.Client.Deregister(dctx, node.ID)
 			return err
+		case <-a.Drain:
+			if !node.Draining {
+				logger.Info("draining: the node gets no new requests", zap.String("id", node.ID))
+			}
+			node.Draining = true
 		case <-tick.C:
 		}
 	}

@@ -2,10 +2,14 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ai-lb/ai-lb/simnode"
@@ -109,4 +113,77 @@ func TestAgentProbeWithoutHealth(t *testing.T) {
 	require.True(t, e.entry("ollama").Node.Unhealthy)
 	sim.answer("/v1/models", 0)
 	waitFor(t, func() bool { return hasID(w, "ollama") }, "the node to be routed again")
+}
+
+// TestDrain checks Client.Drain and the agent's Drain signal: a draining
+// node leaves routing at once while it stays registered, live and its
+// models known; its agent's heartbeats keep the drain, and only a new agent
+// ends it.
+func TestDrain(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	w, _ := e.watch(WatcherOptions{Resync: time.Hour})
+	sim := startNode(t, "m")
+	n := Node{ID: "n", URL: sim.URL, Models: []string{"m"}, TTLMillis: 600}
+	stop := runAgent(t, &Agent{Client: e.client, Node: n, Logger: zaptestLogger(t)})
+	waitFor(t, func() bool { return hasID(w, "n") }, "the node to be registered")
+
+	found, err := e.client.Drain(ctx, "n")
+	require.NoError(t, err)
+	require.True(t, found)
+	waitFor(t, func() bool { return !hasID(w, "n") }, "the drained node to leave routing")
+	require.True(t, w.Snapshot().Known("m"), "a draining node's model is still known")
+	time.Sleep(n.TTL()) // heartbeats
+	en := e.entry("n")
+	require.True(t, en.Live)
+	require.True(t, en.Node.Draining, "a heartbeat ended the drain")
+	require.False(t, hasID(w, "n"))
+
+	// A new agent ends the drain, also one left by an agent that died.
+	require.NoError(t, stop())
+	n.Draining = true
+	require.NoError(t, e.client.Register(ctx, n))
+	n.Draining = false
+	drain := make(chan os.Signal, 1)
+	runAgent(t, &Agent{Client: e.client, Node: n, Logger: zaptestLogger(t), Drain: drain})
+	waitFor(t, func() bool { return hasID(w, "n") }, "a new agent to end the drain")
+
+	drain <- syscall.SIGUSR1
+	drained := time.Now()
+	waitFor(t, func() bool { return !hasID(w, "n") }, "the agent to drain its node")
+	require.Less(t, time.Since(drained), HeartbeatInterval(n.TTL())+ProbeTimeout)
+	require.True(t, e.entry("n").Node.Draining)
+	require.True(t, w.Snapshot().Known("m"))
+
+	found, err = e.client.Drain(ctx, "unknown")
+	require.NoError(t, err)
+	require.False(t, found)
+}
+
+// TestDrainScriptChecksEntry checks that the drain is written only over
+// the entry it was computed from: an entry changed meanwhile (a heartbeat
+// with new models) is left alone, so Drain reads it again.
+func TestDrainScriptChecksEntry(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	n := Node{ID: "n", URL: "http://127.0.0.1:1", Models: []string{"old"}}
+	require.NoError(t, e.client.Register(ctx, n))
+	read, err := json.Marshal(n)
+	require.NoError(t, err)
+	n.Models = []string{"new"}
+	require.NoError(t, e.client.Register(ctx, n))
+
+	stale := n
+	stale.Models, stale.Draining = []string{"old"}, true
+	staleJSON, err := json.Marshal(stale)
+	require.NoError(t, err)
+	err = upScript.Run(ctx, e.client.rdb, e.client.scriptKeys(), "n", staleJSON, staleJSON, e.client.Keys().Events, upDrain, read).Err()
+	require.ErrorIs(t, err, redis.Nil)
+	require.Equal(t, &n, e.entry("n").Node, "a drain computed from a stale entry was written")
+
+	found, err := e.client.Drain(ctx, "n")
+	require.NoError(t, err)
+	require.True(t, found)
+	n.Draining = true
+	require.Equal(t, &n, e.entry("n").Node)
 }

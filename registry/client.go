@@ -93,8 +93,14 @@ func (c *Client) Close() error { return c.rdb.Close() }
 func (c *Client) Keys() Keys { return c.keys }
 
 // Register stores n and refreshes its heartbeat in one atomic step, and
-// announces it to every ai-lb replica. Registering again is a heartbeat.
+// announces it to every ai-lb replica. Registering again is a heartbeat; it
+// keeps a drain that Drain set.
 func (c *Client) Register(ctx context.Context, n Node) error {
+	return c.register(ctx, n, upKeep)
+}
+
+// register runs upScript for n in mode (upKeep or upFresh).
+func (c *Client) register(ctx context.Context, n Node, mode string) error {
 	if err := n.Validate(); err != nil {
 		return fmt.Errorf("invalid node: %v", err)
 	}
@@ -102,7 +108,45 @@ func (c *Client) Register(ctx context.Context, n Node) error {
 	if err != nil {
 		return err
 	}
-	return upScript.Run(ctx, c.rdb, c.scriptKeys(), n.ID, nodeJSON, c.keys.Events).Err()
+	n.Draining = true
+	drainingJSON, err := json.Marshal(n)
+	if err != nil {
+		return err
+	}
+	return upScript.Run(ctx, c.rdb, c.scriptKeys(), n.ID, nodeJSON, drainingJSON, c.keys.Events, mode).Err()
+}
+
+// Drain marks a registered node as draining: it stays live while its agent
+// heartbeats, and its models stay known, but no replica offers it new
+// requests, so the streams it serves finish undisturbed. The mark lasts
+// until the node is deregistered or a new agent registers it; it counts as
+// a heartbeat. Drain reports whether the node was registered.
+func (c *Client) Drain(ctx context.Context, id string) (bool, error) {
+	// The entry is rewritten only if no heartbeat changed it since it was
+	// read, so that a concurrent change of models is not undone.
+	for range 10 {
+		raw, err := c.rdb.HGet(ctx, c.keys.Nodes, id).Result()
+		if err == redis.Nil {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		n, err := decodeNode(raw)
+		if err != nil {
+			return false, fmt.Errorf("node %q: %v", id, err)
+		}
+		n.Draining = true
+		drainingJSON, err := json.Marshal(n)
+		if err != nil {
+			return false, err
+		}
+		err = upScript.Run(ctx, c.rdb, c.scriptKeys(), id, drainingJSON, drainingJSON, c.keys.Events, upDrain, raw).Err()
+		if err != redis.Nil {
+			return err == nil, err
+		}
+	}
+	return false, fmt.Errorf("node %q: its entry kept changing while it was being drained", id)
 }
 
 // Deregister removes a node, leaves its tombstone and announces it. It

@@ -43,10 +43,15 @@ type Node struct {
 	// it stays registered and live, so its models stay known (a request
 	// for them is answered 503, not 404), but it gets no requests.
 	Unhealthy bool `json:"unhealthy,omitempty"`
+
+	// Draining marks a node that takes no new requests while the streams
+	// it serves finish (see Client.Drain). Like an unhealthy node it stays
+	// live and its models stay known.
+	Draining bool `json:"draining,omitempty"`
 }
 
 // Routable reports whether a live node may be offered requests.
-func (n *Node) Routable() bool { return !n.Unhealthy }
+func (n *Node) Routable() bool { return !n.Unhealthy && !n.Draining }
 
 // DefaultTTL is the liveness period of a node that does not set one.
 const DefaultTTL = 15 * time.Second

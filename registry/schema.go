@@ -89,16 +89,44 @@ end
 `
 
 // upScript stores a node and its heartbeat and announces it, atomically; a
-// tombstone of the node is superseded.
-// KEYS: nodes, heartbeats, tombstones. ARGV: id, node JSON, events channel.
+// tombstone of the node is superseded. A drain is sticky: how the stored
+// entry's drain carries over depends on the mode.
+//
+//	keep   a heartbeat: if the stored entry is draining, the draining variant is stored
+//	fresh  a new agent: the node is stored as given, ending an earlier drain
+//	drain  the draining variant is stored, only if the stored entry is still
+//	       the expected JSON (else nothing is written and nil is returned)
+//
+// KEYS: nodes, heartbeats, tombstones. ARGV: id, node JSON, its draining
+// variant, events channel, mode, expected JSON (drain).
 var upScript = redis.NewScript(luaFacts + `
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local node = ARGV[2]
+if ARGV[5] == 'drain' then
+	if old ~= ARGV[6] then
+		return false
+	end
+	node = ARGV[3]
+elseif ARGV[5] == 'keep' and old then
+	local ok, stored = pcall(cjson.decode, old)
+	if ok and type(stored) == 'table' and stored.draining == true then
+		node = ARGV[3]
+	end
+end
 local ms = factTime(ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], node)
 redis.call('ZADD', KEYS[2], ms, ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('PUBLISH', ARGV[3], '{"op":"up","node":' .. ARGV[2] .. ',"heartbeat_ms":' .. ms .. '}')
+redis.call('PUBLISH', ARGV[4], '{"op":"up","node":' .. node .. ',"heartbeat_ms":' .. ms .. '}')
 return ms
 `)
+
+// Modes of upScript.
+const (
+	upKeep  = "keep"
+	upFresh = "fresh"
+	upDrain = "drain"
+)
 
 // downScript removes a node and announces it, atomically.
 // KEYS: nodes, heartbeats, tombstones. ARGV: id, events channel.

@@ -152,21 +152,7 @@ func TestPrunedNodeModelAnswers404(t *testing.T) {
 	c.register(c.startNode("node-dead", simnode.Config{Models: []string{"dead-model"}}), ttl)
 	registered := time.Now()
 	port := freePort(t)
-	startCaddy(t, testCaddyfile(t, `{
-	ai_lb {
-		redis {env.REDIS_URL}
-		resync_interval 100ms
-	}
-}
-
-:8000 {
-	ai_lb
-	reverse_proxy {
-		dynamic ai_lb
-		lb_policy p2c
-	}
-}
-`, port))
+	startCaddy(t, proxyCaddyfile(t, port, "resync_interval 100ms"))
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	eventually(t, 15*time.Second, func() error {
 		status, _, body, err := chat(base, "dead-model")
@@ -180,6 +166,26 @@ func TestPrunedNodeModelAnswers404(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, status, body)
 	require.Equal(t, "node-a", node)
+}
+
+// proxyCaddyfile is the ai_lb handler in front of reverse_proxy on port,
+// with options added to the global ai_lb block.
+func proxyCaddyfile(t *testing.T, port int, options string) string {
+	return testCaddyfile(t, fmt.Sprintf(`{
+	ai_lb {
+		redis {env.REDIS_URL}
+		%s
+	}
+}
+
+:8000 {
+	ai_lb
+	reverse_proxy {
+		dynamic ai_lb
+		lb_policy p2c
+	}
+}
+`, options), port)
 }
 
 func TestNoNodesAnswers503(t *testing.T) {
@@ -212,20 +218,7 @@ func TestNodesAtMaxConcurrencyAnswer503(t *testing.T) {
 		TTLMillis: time.Hour.Milliseconds(),
 	}))
 	port := freePort(t)
-	startCaddy(t, testCaddyfile(t, `{
-	ai_lb {
-		redis {env.REDIS_URL}
-	}
-}
-
-:8000 {
-	ai_lb
-	reverse_proxy {
-		dynamic ai_lb
-		lb_policy p2c
-	}
-}
-`, port))
+	startCaddy(t, proxyCaddyfile(t, port, ""))
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	waitNodes(t, base, 1)
 

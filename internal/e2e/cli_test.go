@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,9 +25,10 @@ func aiLB(t *testing.T, env []string, args ...string) (string, error) {
 }
 
 type listedNode struct {
-	ID   string `json:"id"`
-	Live bool   `json:"live"`
-	Node struct {
+	ID    string `json:"id"`
+	Live  bool   `json:"live"`
+	State string `json:"state"`
+	Node  struct {
 		URL            string   `json:"url"`
 		Models         []string `json:"models"`
 		MaxConcurrency int      `json:"max_concurrency"`
@@ -67,6 +69,17 @@ func TestCLIRegisterListDeregister(t *testing.T) {
 	require.NoError(t, err, table)
 	require.Contains(t, table, "cli-node")
 	require.Contains(t, table, "live")
+	require.Equal(t, "live", nodes[0].State)
+
+	out, err = aiLB(t, nil, "deregister", "--drain", "--redis", c.redis.URL(), "--id", "cli-node")
+	require.NoError(t, err, out)
+	nodes = listNodes(t, c.redis.URL())
+	require.Len(t, nodes, 1, "a drained node stays registered")
+	require.Equal(t, "draining", nodes[0].State)
+	require.True(t, nodes[0].Live)
+	table, err = aiLB(t, nil, "nodes", "--redis", c.redis.URL())
+	require.NoError(t, err, table)
+	require.Contains(t, table, "draining")
 
 	out, err = aiLB(t, nil, "deregister", "--redis", c.redis.URL(), "--id", "cli-node")
 	require.NoError(t, err, out)
@@ -74,6 +87,9 @@ func TestCLIRegisterListDeregister(t *testing.T) {
 
 	out, err = aiLB(t, nil, "deregister", "--redis", c.redis.URL(), "--id", "cli-node")
 	require.Error(t, err, "deregistering an unknown node fails")
+	require.Contains(t, out, "no node")
+	out, err = aiLB(t, nil, "deregister", "--drain", "--redis", c.redis.URL(), "--id", "cli-node")
+	require.Error(t, err, "draining an unknown node fails")
 	require.Contains(t, out, "no node")
 
 	out, err = aiLB(t, nil, "register", "--once", "--redis", c.redis.URL(), "--url", "not a url", "--models", "m")
@@ -83,15 +99,8 @@ func TestCLIRegisterListDeregister(t *testing.T) {
 func TestCLISimnodeRegistersAndDeregistersOnSIGTERM(t *testing.T) {
 	c := newCluster(t)
 	port := freePort(t)
-	cmd := exec.Command(binary(t), "ai-lb", "simnode", "--listen", fmt.Sprintf("127.0.0.1:%d", port),
+	p := startAILB(t, "simnode", "--listen", fmt.Sprintf("127.0.0.1:%d", port),
 		"--id", "sim-agent", "--models", "agent-model", "--register", "--redis", c.redis.URL(), "--ttl", "3s")
-	var output strings.Builder
-	cmd.Stdout, cmd.Stderr = &output, &output
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
 	eventually(t, 10*time.Second, func() error {
 		nodes := listNodes(t, c.redis.URL())
 		if len(nodes) != 1 || !nodes[0].Live || nodes[0].Node.Models[0] != "agent-model" {
@@ -105,14 +114,71 @@ func TestCLISimnodeRegistersAndDeregistersOnSIGTERM(t *testing.T) {
 	require.Len(t, nodes, 1)
 	require.True(t, nodes[0].Live, "heartbeats keep the node live")
 
-	require.NoError(t, cmd.Process.Signal(os.Interrupt))
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		require.NoError(t, err, output.String())
-	case <-time.After(10 * time.Second):
-		t.Fatalf("simnode did not exit on SIGINT: %s", output.String())
-	}
+	p.stop(os.Interrupt)
 	require.Empty(t, listNodes(t, c.redis.URL()), "the node deregisters on the way out")
+}
+
+// TestCLIRegisterAgentDrainsOnSIGUSR1: a running `register` agent drains
+// its node on SIGUSR1 (registered, live, not routed) and deregisters it on
+// SIGTERM.
+func TestCLIRegisterAgentDrainsOnSIGUSR1(t *testing.T) {
+	c := newCluster(t)
+	n := c.startNode("drained", simnode.Config{})
+	p := startAILB(t, "register", "--url", n.URL, "--id", "drained", "--redis", c.redis.URL(), "--ttl", "3s")
+	state := func(want string) func() error {
+		return func() error {
+			nodes := listNodes(t, c.redis.URL())
+			if len(nodes) != 1 || nodes[0].State != want {
+				return fmt.Errorf("want one %s node: %+v", want, nodes)
+			}
+			return nil
+		}
+	}
+	eventually(t, 10*time.Second, state("live"))
+
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGUSR1))
+	eventually(t, 10*time.Second, state("draining"))
+	time.Sleep(2 * time.Second) // heartbeats keep the drain
+	require.NoError(t, state("draining")())
+
+	p.stop(syscall.SIGTERM)
+	require.Empty(t, listNodes(t, c.redis.URL()), "the node deregisters on the way out")
+}
+
+// aiLBProcess is a running `ai-lb ai-lb <args>`.
+type aiLBProcess struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	output strings.Builder
+	done   chan error
+}
+
+// startAILB starts `ai-lb ai-lb <args>`; it is killed when the test ends.
+func startAILB(t *testing.T, args ...string) *aiLBProcess {
+	t.Helper()
+	p := &aiLBProcess{t: t, cmd: exec.Command(binary(t), append([]string{"ai-lb"}, args...)...), done: make(chan error, 1)}
+	p.cmd.Stdout, p.cmd.Stderr = &p.output, &p.output
+	require.NoError(t, p.cmd.Start())
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	})
+	return p
+}
+
+// stop sends sig and requires the process to exit cleanly within 10s.
+func (p *aiLBProcess) stop(sig os.Signal) {
+	p.t.Helper()
+	require.NoError(p.t, p.cmd.Process.Signal(sig))
+	select {
+	case err := <-p.done:
+		p.done <- err // for the cleanup
+		require.NoError(p.t, err, p.output.String())
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		err := <-p.done
+		p.done <- err
+		p.t.Fatalf("ai-lb %v did not exit on %v: %s", p.cmd.Args[1:], sig, p.output.String())
+	}
 }
