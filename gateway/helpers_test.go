@@ -41,13 +41,12 @@ func snapshot(synced bool, dormant []string, members ...*registry.Member) *regis
 	return registry.NewSnapshot(members, known, synced)
 }
 
-// wireError is an OpenAI error document as a client decodes it.
+// wireError is an OpenAI error document as a client decodes it, through
+// apiError's own field names.
 type wireError struct {
 	Error struct {
-		Message string  `json:"message"`
-		Type    string  `json:"type"`
-		Param   *string `json:"param"`
-		Code    string  `json:"code"`
+		apiError
+		Code any `json:"code"` // a string, or nil for null
 	} `json:"error"`
 }
 
@@ -59,7 +58,8 @@ func decodeError(t *testing.T, rec *httptest.ResponseRecorder, status int, code 
 	require.Equal(t, "application/json", rec.Header().Get("Content-Type"))
 	var e wireError
 	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &e), rec.Body.String())
-	require.Equal(t, code, e.Error.Code)
+	got, _ := e.Error.Code.(string) // "" for a null code
+	require.Equal(t, code, got)
 	return e
 }
 

@@ -27,9 +27,11 @@ type Snapshot struct {
 	dormant map[string]bool
 }
 
-// newSnapshot indexes live members; dormantModels are the models of
-// registered nodes that are not live.
-func newSnapshot(members []*Member, dormantModels map[string]bool, synced bool) *Snapshot {
+// NewSnapshot indexes live members, sorting them by ID in place;
+// dormantModels are the models of registered nodes that are not live, and
+// synced reports whether the registry has been read. The watcher builds
+// one on every change; other packages' tests build their own.
+func NewSnapshot(members []*Member, dormantModels map[string]bool, synced bool) *Snapshot {
 	sort.Slice(members, func(i, j int) bool { return members[i].ID < members[j].ID })
 	s := &Snapshot{
 		Members: members,

@@ -16,7 +16,7 @@ func TestSnapshotIndexes(t *testing.T) {
 	b := member("b", "10.0.0.2:80", "qwen", "mistral")
 	c := member("c", "10.0.0.3:80")                      // serves nothing listed
 	dup := member("d-dup", "10.0.0.1:80", "qwen", "phi") // a second ID for a's address
-	s := newSnapshot([]*Member{dup, c, b, a}, map[string]bool{"sleepy": true}, true)
+	s := NewSnapshot([]*Member{dup, c, b, a}, map[string]bool{"sleepy": true}, true)
 
 	require.True(t, s.Synced)
 	require.Equal(t, []string{"a", "b", "c", "d-dup"}, ids(s), "members sorted by ID")
@@ -53,7 +53,7 @@ func TestSnapshotIndexes(t *testing.T) {
 	require.True(t, s.has(b))
 	require.False(t, s.has(member("b", "10.0.0.2:80")), "has compares members, not IDs")
 
-	empty := newSnapshot(nil, nil, false)
+	empty := NewSnapshot(nil, nil, false)
 	require.Empty(t, empty.Members)
 	require.Empty(t, empty.Models())
 	require.Nil(t, empty.ServingModel("llama"))
@@ -68,7 +68,7 @@ func BenchmarkSnapshotServingModel(b *testing.B) {
 		members[i] = member(fmt.Sprintf("node-%04d", i), fmt.Sprintf("10.0.%d.%d:8000", i/250, i%250),
 			fmt.Sprintf("model-%d", i%10), "shared")
 	}
-	s := newSnapshot(members, nil, true)
+	s := NewSnapshot(members, nil, true)
 	require.Len(b, s.ServingModel("model-3"), 100)
 	b.ReportAllocs()
 	b.ResetTimer()

@@ -85,7 +85,7 @@ func NewWatcher(client *Client, opts WatcherOptions, logger *zap.Logger) *Watche
 		gone:      make(map[string]int64),
 		badLogged: make(map[string]string),
 	}
-	w.snap.Store(newSnapshot(nil, nil, false))
+	w.snap.Store(NewSnapshot(nil, nil, false))
 	w.wg.Add(2)
 	go w.subscribe(ctx)
 	go w.loop(ctx)
@@ -401,7 +401,7 @@ func (w *Watcher) rebuild(now time.Time) {
 		}
 	}
 	before := w.Snapshot()
-	after := newSnapshot(members, dormant, w.synced)
+	after := NewSnapshot(members, dormant, w.synced)
 	w.snap.Store(after)
 	if len(before.Members) != len(after.Members) {
 		w.logger.Info("registry changed", zap.Int("live_nodes", len(after.Members)), zap.Int("models", len(after.Models())))
