@@ -13,7 +13,7 @@ type apiError struct {
 	Message string  `json:"message"`
 	Type    string  `json:"type"`
 	Param   *string `json:"param"`
-	Code    string  `json:"code"`
+	Code    *string `json:"code"` // null when there is none, as OpenAI's
 }
 
 // Error types, as the OpenAI API names them.
@@ -23,15 +23,19 @@ const (
 )
 
 func invalidRequest(status int, code, param, message string) *apiError {
-	e := &apiError{status: status, Message: message, Type: typeInvalidRequest, Code: code}
-	if param != "" {
-		e.Param = &param
-	}
-	return e
+	return &apiError{status: status, Message: message, Type: typeInvalidRequest, Code: orNull(code), Param: orNull(param)}
 }
 
 func serverError(status int, code, message string) *apiError {
-	return &apiError{status: status, Message: message, Type: typeServer, Code: code}
+	return &apiError{status: status, Message: message, Type: typeServer, Code: orNull(code)}
+}
+
+// orNull is s, or nil (JSON null) when s is empty.
+func orNull(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }
 
 // write sends the error as `{"error":{...}}`. A positive retryAfter adds a

@@ -116,6 +116,9 @@ func TestProxyError(t *testing.T) {
 			require.Equal(t, tc.typ, e.Error.Type)
 			require.Equal(t, tc.msg, e.Error.Message)
 			require.Nil(t, e.Error.Param)
+			if tc.code == "" {
+				require.Contains(t, rec.Body.String(), `"code":null`, "no code is null, as OpenAI's, never \"\"")
+			}
 		})
 	}
 }

@@ -243,32 +243,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return nil
 }
 
-// readBody reads the whole body, bounded by MaxBodySize.
+// readBody reads the whole body, bounded by MaxBodySize. Memory grows with
+// the bytes that arrive, not with the declared Content-Length, so clients
+// that announce large bodies and send little cost little; a body shorter
+// than announced fails. Slow senders are bounded by the server's
+// read_timeout (Caddy's `servers { timeouts { read_body ... } }`).
 func (h *Handler) readBody(r *http.Request) ([]byte, *apiError) {
 	tooLarge := invalidRequest(http.StatusRequestEntityTooLarge, "request_too_large", "",
 		fmt.Sprintf("the request body exceeds the limit of %d bytes", h.MaxBodySize))
 	if r.ContentLength > h.MaxBodySize {
 		return nil, tooLarge
 	}
-	if r.ContentLength >= 0 {
-		// net/http ends the body at Content-Length: read exactly that.
-		body := make([]byte, r.ContentLength)
-		if _, err := io.ReadFull(r.Body, body); err != nil {
-			return nil, invalidRequest(http.StatusBadRequest, "body_read_error", "",
-				"reading the request body: "+err.Error())
-		}
-		return body, nil
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, h.MaxBodySize+1))
-	if err != nil {
+	buf := bytes.NewBuffer(make([]byte, 0, min(max(r.ContentLength, 0), initialBodyBuffer)))
+	_, err := buf.ReadFrom(io.LimitReader(r.Body, h.MaxBodySize+1))
+	var limited *http.MaxBytesError
+	switch {
+	case errors.As(err, &limited):
+		return nil, tooLarge // a request_body limit ahead of this handler
+	case err != nil:
 		return nil, invalidRequest(http.StatusBadRequest, "body_read_error", "",
 			"reading the request body: "+err.Error())
-	}
-	if int64(len(body)) > h.MaxBodySize {
+	case int64(buf.Len()) > h.MaxBodySize:
 		return nil, tooLarge
 	}
-	return body, nil
+	return buf.Bytes(), nil
 }
+
+// initialBodyBuffer is the most a body buffer starts with before bytes
+// arrive.
+const initialBodyBuffer = 64 << 10
 
 // checkAvailable answers for a model no live node serves: 503 when no node
 // at all is live (the cluster is down, not the request wrong), when a

@@ -65,6 +65,8 @@ func TestReadBody(t *testing.T) {
 			status: http.StatusBadRequest, code: "body_read_error"},
 		{name: "chunked read error", body: "abc", contentLength: -1, readErr: errors.New("connection reset"),
 			status: http.StatusBadRequest, code: "body_read_error"},
+		{name: "a request_body limit ahead", body: "abc", contentLength: -1, readErr: &http.MaxBytesError{Limit: 2},
+			status: http.StatusRequestEntityTooLarge, code: "request_too_large"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := testHandler(t, snapshot(true, nil))

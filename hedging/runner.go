@@ -87,7 +87,6 @@ func (rn *Runner) Run(w http.ResponseWriter, r *http.Request, req *request.Info,
 	finished := make(chan *attempt, 1+rn.MaxHedges+failover.Retries)
 	origRepl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	origVars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
-	var hedges, retries int
 	defer func() {
 		// The winner's context too: nothing of this request runs on.
 		rc.mu.Lock()
@@ -97,82 +96,21 @@ func (rn *Runner) Run(w http.ResponseWriter, r *http.Request, req *request.Info,
 		rc.mu.Unlock()
 	}()
 
-	// start starts an attempt unless the race is decided, the client is
-	// gone, or the attempts or budgets of its kind are spent. The check
-	// and the append are one critical section with claim, so an attempt
-	// is never started just after a win without being cancelled.
+	// start starts an attempt if it may (see prepare). Without hedging,
+	// attempts never overlap: each runs on this goroutine and shares the
+	// request's replacer and vars.
+	x := &run{runner: rn, race: rc, r: r, req: req, failover: failover, next: next, began: began,
+		inline: rn.MaxHedges == 0, origRepl: origRepl, origVars: origVars, finished: finished}
 	start := func(k kind, now time.Time, free bool) bool {
-		rc.mu.Lock()
-		defer rc.mu.Unlock()
-		if rc.winner != nil || r.Context().Err() != nil {
+		attempt := x.prepare(k, now, free)
+		if attempt == nil {
 			return false
 		}
-		switch k {
-		case hedge:
-			if hedges >= rn.MaxHedges {
-				return false
-			}
-			if !rn.HedgeBudget.Take(now) {
-				if rn.metrics != nil {
-					rn.metrics.budgetRefusals.Inc()
-				}
-				return false
-			}
-			hedges++
-		case retry:
-			if retries >= failover.Retries || (failover.TryDuration > 0 && now.Sub(began) >= failover.TryDuration) {
-				return false
-			}
-			if !free && !failover.Budget.Take(now) {
-				return false
-			}
-			retries++
+		if x.inline {
+			attempt()
+		} else {
+			go attempt()
 		}
-		ctx, cancel := context.WithCancel(r.Context())
-		a := &attempt{race: rc, index: len(rc.attempts) + 1, kind: k, start: now, cancel: cancel,
-			done: make(chan struct{}), header: make(http.Header), slot: new(request.Attempt),
-			racesBefore: req.Races()}
-		// Each attempt gets a replacer that reads through to the request's
-		// but keeps its own writes, and its own vars: reverse_proxy writes
-		// to both, and the attempts run at once.
-		repl := caddy.NewEmptyReplacer()
-		if origRepl != nil {
-			repl.Map(origRepl.Get)
-		}
-		ctx = context.WithValue(ctx, caddy.ReplacerCtxKey, repl)
-		ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, maps.Clone(origVars))
-		ctx = request.WithAttempt(ctx, a.slot)
-		ar := r.Clone(ctx)
-		if req.Body != nil {
-			ar.Body = io.NopCloser(bytes.NewReader(req.Body))
-			ar.ContentLength = int64(len(req.Body))
-			ar.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(req.Body)), nil }
-		}
-		rc.attempts = append(rc.attempts, a)
-		if rn.metrics != nil {
-			rn.metrics.attempts.WithLabelValues(k.String()).Inc()
-		}
-		a.repl = repl
-		var headerTimer *time.Timer
-		if timeout := failover.StreamHeaderTimeout; timeout > 0 && req.Stream {
-			headerTimer = time.AfterFunc(timeout, func() {
-				if !a.gotHeader.Load() {
-					a.timedOut.Store(true)
-					a.cancel()
-				}
-			})
-		}
-		go func() {
-			defer func() {
-				if headerTimer != nil {
-					headerTimer.Stop()
-				}
-				a.panicked = recover()
-				close(a.done) // before reporting, so a winner sees it ended
-				finished <- a
-			}()
-			a.err = next.ServeHTTP(a, ar)
-		}()
 		return true
 	}
 
@@ -250,11 +188,115 @@ func (rn *Runner) Run(w http.ResponseWriter, r *http.Request, req *request.Info,
 		rn.metrics.hedgesWon.Inc()
 	}
 	copyTrailers(w.Header(), winner.header)
-	copyProxyPlaceholders(origRepl, winner.repl)
+	if winner.repl != origRepl {
+		copyProxyPlaceholders(origRepl, winner.repl)
+	}
 	if winner.panicked != nil {
 		panic(winner.panicked) // e.g. http.ErrAbortHandler: the stream broke
 	}
 	return winner.err
+}
+
+// run is one request's run of attempts.
+type run struct {
+	runner   *Runner
+	race     *race
+	r        *http.Request
+	req      *request.Info
+	failover *request.Failover
+	next     caddyhttp.Handler
+	began    time.Time
+	inline   bool // attempts run one after another on the request's goroutine
+	origRepl *caddy.Replacer
+	origVars map[string]any
+	finished chan *attempt
+
+	hedges, retries int // started so far, under race.mu
+}
+
+// prepare starts an attempt's bookkeeping unless the race is decided,
+// the client is gone, or the attempts or budgets of its kind are spent,
+// and returns the function that runs it (nil when it may not start). The
+// check and the append are one critical section with claim, so an attempt
+// is never started just after a win without being cancelled.
+func (x *run) prepare(k kind, now time.Time, free bool) func() {
+	rn, rc, r, req, failover := x.runner, x.race, x.r, x.req, x.failover
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.winner != nil || r.Context().Err() != nil {
+		return nil
+	}
+	switch k {
+	case hedge:
+		if x.hedges >= rn.MaxHedges {
+			return nil
+		}
+		if !rn.HedgeBudget.Take(now) {
+			if rn.metrics != nil {
+				rn.metrics.budgetRefusals.Inc()
+			}
+			return nil
+		}
+		x.hedges++
+	case retry:
+		if x.retries >= failover.Retries || (failover.TryDuration > 0 && now.Sub(x.began) >= failover.TryDuration) {
+			return nil
+		}
+		if !free && !failover.Budget.Take(now) {
+			return nil
+		}
+		x.retries++
+		health.CountRetry(free)
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	a := &attempt{race: rc, index: len(rc.attempts) + 1, kind: k, start: now, cancel: cancel,
+		done: make(chan struct{}), header: make(http.Header), slot: new(request.Attempt),
+		racesBefore: req.Races(), repl: x.origRepl}
+	if !x.inline {
+		// Each attempt gets a replacer that reads through to the
+		// request's but keeps its own writes, and its own vars:
+		// reverse_proxy writes to both, and the attempts run at once.
+		a.repl = caddy.NewEmptyReplacer()
+		if x.origRepl != nil {
+			a.repl.Map(x.origRepl.Get)
+		}
+		ctx = context.WithValue(ctx, caddy.ReplacerCtxKey, a.repl)
+		ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, maps.Clone(x.origVars))
+	}
+	ctx = request.WithAttempt(ctx, a.slot)
+	ar := r.WithContext(ctx)
+	if !x.inline {
+		ar = r.Clone(ctx)
+	}
+	if req.Body != nil {
+		ar.Body = io.NopCloser(bytes.NewReader(req.Body))
+		ar.ContentLength = int64(len(req.Body))
+		ar.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(req.Body)), nil }
+	}
+	rc.attempts = append(rc.attempts, a)
+	if rn.metrics != nil {
+		rn.metrics.attempts.WithLabelValues(k.String()).Inc()
+	}
+	var headerTimer *time.Timer
+	if timeout := failover.StreamHeaderTimeout; timeout > 0 && req.Stream {
+		headerTimer = time.AfterFunc(timeout, func() {
+			if !a.gotHeader.Load() {
+				a.timedOut.Store(true)
+				a.cancel()
+			}
+		})
+	}
+	return func() {
+		defer func() {
+			if headerTimer != nil {
+				headerTimer.Stop()
+			}
+			a.panicked = recover()
+			close(a.done) // before reporting, so a winner sees it ended
+			x.finished <- a
+		}()
+		a.err = x.next.ServeHTTP(a, ar)
+	}
 }
 
 // outcome is what a finished attempt says about its node. A streamed
@@ -316,8 +358,10 @@ func (rn *Runner) won(rc *race, a *attempt, model string) {
 		hdr := rc.w.Header()
 		hdr.Set("X-AI-LB-Hedged", fmt.Sprint(len(rc.attempts) > 1))
 		hdr.Set("X-AI-LB-Attempts", fmt.Sprint(len(rc.attempts)))
-		if node, ok := a.repl.GetString("http.reverse_proxy.upstream.hostport"); ok {
-			a.header.Set("X-AI-LB-Node", node)
+		if a.repl != nil {
+			if node, ok := a.repl.GetString("http.reverse_proxy.upstream.hostport"); ok {
+				a.header.Set("X-AI-LB-Node", node)
+			}
 		}
 	}
 }
