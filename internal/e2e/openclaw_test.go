@@ -17,6 +17,9 @@ import (
 // compat/openclaw/package.json, installed here): streamed turns with usage,
 // 20-60 KB bodies, a dozen tools, and a tool-call round trip.
 func TestOpenClawTrafficWithNPMClient(t *testing.T) {
+	if testing.Short() {
+		t.Skip("installs the npm client and runs node: skipped under -short")
+	}
 	for _, tool := range []string{"node", "npm"} {
 		_, err := exec.LookPath(tool)
 		require.NoError(t, err, "%s is needed (apt-get install nodejs npm)", tool)
