@@ -128,17 +128,11 @@ func (h *Handler) setDefaults() {
 	if h.TryDuration == 0 {
 		h.TryDuration = caddy.Duration(defaultTryDuration)
 	}
-	ratio, floor := defaultRetryBudget, defaultRetryBudgetMin
-	if h.RetryBudget != nil {
-		ratio = *h.RetryBudget
-	}
-	if h.RetryBudgetMin != nil {
-		floor = *h.RetryBudgetMin
-	}
 	h.failover = request.Failover{
 		Retries:     defaultRetries,
 		TryDuration: time.Duration(h.TryDuration),
-		Budget:      health.NewBudget(ratio, floor, retryBudgetWindow),
+		Budget: health.NewBudgetOr(h.RetryBudget, h.RetryBudgetMin,
+			defaultRetryBudget, defaultRetryBudgetMin, retryBudgetWindow),
 	}
 	if h.Retries != nil {
 		h.failover.Retries = *h.Retries

@@ -46,6 +46,18 @@ func NewBudget(ratio float64, floor int, window time.Duration) *Budget {
 	}
 }
 
+// NewBudgetOr is NewBudget with configured settings, where an unset (nil)
+// ratio or floor takes the given default and an explicit 0 is kept.
+func NewBudgetOr(ratio *float64, floor *int, defaultRatio float64, defaultFloor int, window time.Duration) *Budget {
+	if ratio != nil {
+		defaultRatio = *ratio
+	}
+	if floor != nil {
+		defaultFloor = *floor
+	}
+	return NewBudget(defaultRatio, defaultFloor, window)
+}
+
 // advance moves the ring to now, zeroing expired buckets. b.mu is held.
 func (b *Budget) advance(now time.Time) int {
 	e := now.UnixNano() / int64(b.bucket)

@@ -158,18 +158,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if len(h.Paths) == 0 {
 		h.Paths = defaultPaths
 	}
-	ratio, floor := defaultBudget, defaultBudgetMin
-	if h.Budget != nil {
-		ratio = *h.Budget
-	}
-	if h.BudgetMin != nil {
-		floor = *h.BudgetMin
-	}
 	m, err := registerMetrics(ctx.GetMetricsRegistry())
 	if err != nil {
 		return err
 	}
-	h.setUp(health.NewBudget(ratio, floor, time.Duration(h.BudgetWindow)), m)
+	h.setUp(health.NewBudgetOr(h.Budget, h.BudgetMin, defaultBudget, defaultBudgetMin, time.Duration(h.BudgetWindow)), m)
 	return nil
 }
 

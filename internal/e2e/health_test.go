@@ -129,6 +129,43 @@ func openLoad(bases []string, rate int, stop <-chan struct{}) []result {
 	}
 }
 
+// loadFor runs openLoad for d and returns its results.
+func loadFor(bases []string, rate int, d time.Duration) []result {
+	stop := make(chan struct{})
+	time.AfterFunc(d, func() { close(stop) })
+	return openLoad(bases, rate, stop)
+}
+
+// untilServed runs load on bases until node p has completed a request
+// more, and returns how long that took; every request must succeed.
+func (p *nodeProcess) untilServed(t *testing.T, bases []string) time.Duration {
+	before := p.served(t)
+	stop := make(chan struct{})
+	done := make(chan []result)
+	go func() { done <- openLoad(bases, 20, stop) }()
+	took := eventually(t, 30*time.Second, func() error {
+		if p.served(t) > before {
+			return nil
+		}
+		return fmt.Errorf("%s has served nothing", p.id)
+	})
+	close(stop)
+	for _, r := range <-done {
+		require.NoError(t, r.complete())
+	}
+	return took
+}
+
+// startExample starts Caddyfile.example in the test process on a free
+// port and waits until it sees n nodes; it returns the base URL.
+func startExample(t *testing.T, n int) string {
+	port := freePort(t)
+	startCaddy(t, exampleCaddyfile(t, port))
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	waitNodes(t, base, n)
+	return base
+}
+
 // complete reports whether a result is a whole, clean answer of one node.
 func (r result) complete() error {
 	if r.err != nil {
@@ -190,20 +227,7 @@ func TestNodeKilledUnderLoad(t *testing.T) {
 
 	// Restarted, the node is probed and gets traffic again.
 	nodes[0].start()
-	before := nodes[0].served(t)
-	stop = make(chan struct{})
-	go func() { done <- openLoad(bases, 20, stop) }()
-	took := eventually(t, 30*time.Second, func() error {
-		if nodes[0].served(t) > before {
-			return nil
-		}
-		return fmt.Errorf("the restarted node has served nothing")
-	})
-	close(stop)
-	for _, r := range <-done {
-		require.NoError(t, r.complete())
-	}
-	t.Logf("the restarted node got traffic after %v", took)
+	t.Logf("the restarted node got traffic after %v", nodes[0].untilServed(t, bases))
 }
 
 // TestNodeFailingFast: a node answering 503 at once to everything is
@@ -214,17 +238,8 @@ func TestNodeFailingFast(t *testing.T) {
 	bad := c.startNodeProcess("node-bad", 0, "--fail-rate", "1", "--fail-status", "503", "--ttft", "2ms")
 	c.startNodeProcess("node-b", 0)
 	c.startNodeProcess("node-c", 0)
-	port := freePort(t)
-	startCaddy(t, exampleCaddyfile(t, port))
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	waitNodes(t, base, 3)
-
-	stop := make(chan struct{})
-	done := make(chan []result)
-	go func() { done <- openLoad([]string{base}, 20, stop) }()
-	time.Sleep(8 * time.Second)
-	close(stop)
-	results := <-done
+	base := startExample(t, 3)
+	results := loadFor([]string{base}, 20, 8*time.Second)
 	failed := 0
 	for _, r := range results {
 		if r.complete() != nil {
@@ -235,19 +250,9 @@ func TestNodeFailingFast(t *testing.T) {
 	require.LessOrEqual(t, failed*100, len(results), "more than 1%% failed")
 
 	postJSON(t, fmt.Sprintf("http://127.0.0.1:%d/sim/config", bad.port), `{"fail_rate":0}`)
-	healed := time.Now()
-	before := bad.served(t)
-	stop = make(chan struct{})
-	go func() { done <- openLoad([]string{base}, 20, stop) }()
-	eventually(t, 15*time.Second, func() error {
-		if bad.served(t) > before {
-			return nil
-		}
-		return fmt.Errorf("the healed node has served nothing")
-	})
-	close(stop)
-	<-done
-	t.Logf("the healed node got traffic after %v", time.Since(healed))
+	took := bad.untilServed(t, []string{base})
+	t.Logf("the healed node got traffic after %v", took)
+	require.Less(t, took, 15*time.Second)
 }
 
 // TestNodeHung: a node that accepts connections and never answers. Every
@@ -283,21 +288,12 @@ func TestNodeHung(t *testing.T) {
 		ID: "node-hung", URL: "http://" + hung.Addr().String(), Models: []string{"sim-model"},
 		TTLMillis: registry.DefaultTTL.Milliseconds(),
 	}))
-	port := freePort(t)
-	startCaddy(t, exampleCaddyfile(t, port))
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	waitNodes(t, base, 3)
-
-	stop := make(chan struct{})
-	done := make(chan []result)
-	go func() { done <- openLoad([]string{base}, 20, stop) }()
-	time.Sleep(6 * time.Second)
-	close(stop)
+	base := startExample(t, 3)
+	results := loadFor([]string{base}, 20, 6*time.Second)
 	// A request that met the hung node moves on after the hedge delay (1 s
 	// until the adaptive delay has samples) when the hedge budget allows,
 	// and after stream_header_timeout (30 s) at the latest.
 	var slowest time.Duration
-	results := <-done
 	slow := 0
 	for _, r := range results {
 		require.NoError(t, r.complete())
@@ -318,10 +314,7 @@ func TestFullNodes(t *testing.T) {
 	for i := range 6 {
 		c.startNodeProcess(fmt.Sprintf("node-%d", i), 0, "--max-concurrency", "1", "--tokens", "200", "--itl", "20ms")
 	}
-	port := freePort(t)
-	startCaddy(t, exampleCaddyfile(t, port))
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	waitNodes(t, base, 6)
+	base := startExample(t, 6)
 
 	// Five long streams (200 tokens, 20 ms apart: 4 s) fill five nodes.
 	var long sync.WaitGroup
