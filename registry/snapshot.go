@@ -28,7 +28,8 @@ type Snapshot struct {
 }
 
 // NewSnapshot indexes live members, sorting them by ID in place;
-// dormantModels are the models of registered nodes that are not live, and
+// dormantModels are the models of registered nodes that are not routed to
+// (not live, unhealthy by their agent's probe, or draining), and
 // synced reports whether the registry has been read. The watcher builds
 // one on every change; other packages' tests build their own.
 func NewSnapshot(members []*Member, dormantModels map[string]bool, synced bool) *Snapshot {
@@ -72,7 +73,7 @@ func (s *Snapshot) ByDial(dial string) *Member { return s.byDial[dial] }
 // Models returns the sorted union of the models of live members.
 func (s *Snapshot) Models() []string { return s.models }
 
-// Known reports whether any registered node, live or not, lists model.
+// Known reports whether any registered node, routed to or not, lists model.
 func (s *Snapshot) Known(model string) bool {
 	return len(s.byModel[model]) > 0 || s.dormant[model]
 }
