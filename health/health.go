@@ -10,6 +10,7 @@
 package health
 
 import (
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -100,12 +101,22 @@ type Tracker struct {
 	logger atomic.Pointer[zap.Logger]
 	nodes  sync.Map     // dial → *Node
 	swept  atomic.Int64 // Unix time of the last forget
+
+	loadSettings atomic.Pointer[LoadSettings]
+}
+
+// SetLoadSettings replaces the load model's settings (unset fields take
+// their defaults).
+func (t *Tracker) SetLoadSettings(s LoadSettings) {
+	s = s.withDefaults()
+	t.loadSettings.Store(&s)
 }
 
 // NewTracker returns a Tracker with the default options.
 func NewTracker(logger *zap.Logger) *Tracker {
 	t := new(Tracker)
 	t.SetOptions(Options{})
+	t.SetLoadSettings(LoadSettings{})
 	t.SetLogger(logger)
 	return t
 }
@@ -179,6 +190,8 @@ type Node struct {
 	ejectedUntil time.Time // zero when not ejected
 	ejections    int       // ejections in a row, for the backoff
 	probing      bool      // an attempt is probing an ejected node
+
+	load load
 }
 
 // bucket counts attempts in one second.
@@ -226,12 +239,15 @@ func (n *Node) Full(maxConcurrency int) bool {
 	return maxConcurrency > 0 && n.InFlight() >= maxConcurrency
 }
 
-// Begin starts an attempt on the node. An attempt on an ejected node whose
-// backoff has passed is its probe. The attempt must be ended with End.
-func (n *Node) Begin(now time.Time) *Attempt {
+// Begin starts an attempt on the node, whose prompt is about promptTokens
+// long. An attempt on an ejected node whose backoff has passed is its
+// probe. The attempt must be ended with End.
+func (n *Node) Begin(now time.Time, promptTokens float64) *Attempt {
 	n.inFlight.Add(1)
 	n.lastUsed.Store(now.Unix())
-	a := &Attempt{node: n}
+	n.addPrefill(promptTokens)
+	a := &Attempt{node: n, start: now}
+	a.prefill.Store(math.Float64bits(promptTokens))
 	n.mu.Lock()
 	if !n.ejectedUntil.IsZero() && !now.Before(n.ejectedUntil) && !n.probing {
 		n.probing, a.probe = true, true
@@ -242,9 +258,33 @@ func (n *Node) Begin(now time.Time) *Attempt {
 
 // Attempt is one attempt in flight on a node.
 type Attempt struct {
-	node  *Node
-	probe bool
-	ended atomic.Bool
+	node    *Node
+	start   time.Time
+	probe   bool
+	ended   atomic.Bool
+	prefill atomic.Uint64 // float64 bits of its prompt tokens until its first token
+}
+
+// FirstToken records the attempt's first token at now: its prompt is no
+// longer prefill work in flight, and, for a streamed request (whose first
+// body byte is a token, not the whole answer), the time to it is a
+// sample of the node's time to first token.
+func (a *Attempt) FirstToken(stream bool, now time.Time) {
+	if a == nil {
+		return
+	}
+	a.node.addPrefill(-math.Float64frombits(a.prefill.Swap(0)))
+	if stream {
+		a.node.ObserveTTFT(now.Sub(a.start), false, now)
+	}
+}
+
+// Lost records that the attempt lost a race at now, before its first
+// token: the node took at least this long.
+func (a *Attempt) Lost(stream bool, now time.Time) {
+	if a != nil && stream {
+		a.node.ObserveTTFT(now.Sub(a.start), true, now)
+	}
 }
 
 // Node returns the attempt's node.
@@ -257,6 +297,7 @@ func (a *Attempt) End(o Outcome, now time.Time) {
 	}
 	n := a.node
 	n.inFlight.Add(-1)
+	n.addPrefill(-math.Float64frombits(a.prefill.Swap(0)))
 	n.record(a.probe, o, now)
 }
 

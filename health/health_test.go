@@ -13,7 +13,7 @@ var t0 = time.Unix(1_800_000_000, 0)
 
 // attempt runs one attempt on n with outcome o at now.
 func attempt(n *Node, o Outcome, now time.Time) {
-	n.Begin(now).End(o, now)
+	n.Begin(now, 0).End(o, now)
 }
 
 func TestInFlight(t *testing.T) {
@@ -21,7 +21,7 @@ func TestInFlight(t *testing.T) {
 	n := tr.Node("a:1")
 	require.Same(t, n, tr.Node("a:1"))
 	require.Nil(t, tr.Lookup("b:1"))
-	a1, a2 := n.Begin(t0), n.Begin(t0)
+	a1, a2 := n.Begin(t0, 0), n.Begin(t0, 0)
 	require.Equal(t, 2, n.InFlight())
 	require.True(t, n.Full(2))
 	require.False(t, n.Full(3))
@@ -58,7 +58,7 @@ func TestConsecutiveFailuresEject(t *testing.T) {
 	// After the backoff one probe decides.
 	later := t0.Add(Defaults.BaseEjection)
 	require.Equal(t, Probe, n.State(later))
-	probe := n.Begin(later)
+	probe := n.Begin(later, 0)
 	require.Equal(t, Ejected, n.State(later), "one probe at a time")
 	probe.End(Succeeded, later)
 	require.Equal(t, Ready, n.State(later))
@@ -126,10 +126,10 @@ func TestOff(t *testing.T) {
 
 func TestForget(t *testing.T) {
 	tr := NewTracker(nil)
-	busy := tr.Node("busy:1").Begin(t0)
-	tr.Node("idle:1").Begin(t0).End(Succeeded, t0)
+	busy := tr.Node("busy:1").Begin(t0, 0)
+	tr.Node("idle:1").Begin(t0, 0).End(Succeeded, t0)
 	recent := t0.Add(2 * forgetAfter)
-	tr.Node("recent:1").Begin(recent).End(Succeeded, recent)
+	tr.Node("recent:1").Begin(recent, 0).End(Succeeded, recent)
 	tr.forget(recent.Add(time.Minute))
 	require.NotNil(t, tr.Lookup("busy:1"), "kept while a request is in flight")
 	require.Nil(t, tr.Lookup("idle:1"))
@@ -148,7 +148,7 @@ func TestConcurrent(t *testing.T) {
 				n := tr.Node([]string{"a:1", "b:1"}[(w+i)%2])
 				o := Outcome(i % 4)
 				now := t0.Add(time.Duration(i) * time.Millisecond)
-				a := n.Begin(now)
+				a := n.Begin(now, 0)
 				_ = n.State(now)
 				a.End(o, now)
 			}
@@ -165,6 +165,6 @@ func BenchmarkBeginEnd(b *testing.B) {
 	b.ReportAllocs()
 	now := t0
 	for b.Loop() {
-		n.Begin(now).End(Succeeded, now)
+		n.Begin(now, 0).End(Succeeded, now)
 	}
 }

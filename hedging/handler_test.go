@@ -69,7 +69,7 @@ func (f *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
 	// As reverse_proxy and the p2c policy do: pick a node, begin the
 	// attempt on it, and name it in the replacer.
 	node := "node-" + string(rune('0'+i))
-	request.AttemptFrom(r.Context()).Begin(testNodes.Node(node), time.Now())
+	request.AttemptFrom(r.Context()).Begin(testNodes.Node(node), request.FromContext(r.Context()), time.Now())
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Set("http.reverse_proxy.upstream.hostport", node)
 	return f.behave(i, w, r)

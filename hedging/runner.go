@@ -83,7 +83,7 @@ func (rn *Runner) Run(w http.ResponseWriter, r *http.Request, req *request.Info,
 		failover = &request.Failover{}
 	}
 	rc := &race{w: w}
-	rc.onWin = func(a *attempt) { rn.won(rc, a, req.Model) }
+	rc.onWin = func(a *attempt) { rn.won(rc, a, req) }
 	finished := make(chan *attempt, 1+rn.MaxHedges+failover.Retries)
 	origRepl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	origVars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
@@ -334,12 +334,24 @@ func connectFailure(a *attempt) bool {
 	return a.status == 0 && errors.As(a.err, &dialErr)
 }
 
-// won runs under the race lock when attempt a claims the race.
-func (rn *Runner) won(rc *race, a *attempt, model string) {
+// won runs under the race lock when attempt a claims the race. The
+// winner's first token and the losers' time so far feed the load model
+// of their nodes.
+func (rn *Runner) won(rc *race, a *attempt, req *request.Info) {
 	now := time.Now()
 	if !a.firstToken.IsZero() && a.status < 300 {
 		if rn.OnToken != nil {
-			rn.OnToken(model, now, a.firstToken.Sub(a.start))
+			rn.OnToken(req.Model, now, a.firstToken.Sub(a.start))
+		}
+		a.slot.FirstToken(req.Stream, a.firstToken)
+		for _, other := range rc.attempts {
+			select {
+			case <-other.done: // it ended before: no bound on its node
+			default:
+				if other != a {
+					other.slot.Lost(req.Stream, now)
+				}
+			}
 		}
 	}
 	if rn.metrics != nil {

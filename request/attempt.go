@@ -30,14 +30,28 @@ func AttemptFrom(ctx context.Context) *Attempt {
 	return a
 }
 
-// Begin records that the attempt goes to node. A node picked earlier in
-// the same attempt failed (reverse_proxy picks again only after a failure
-// of its own retries), and is ended as such.
-func (a *Attempt) Begin(node *health.Node, now time.Time) {
+// Begin records that the attempt of req goes to node. A node picked
+// earlier in the same attempt failed (reverse_proxy picks again only after
+// a failure of its own retries), and is ended as such.
+func (a *Attempt) Begin(node *health.Node, req *Info, now time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.node.End(health.Failed, now)
-	a.node = node.Begin(now)
+	a.node = node.Begin(now, req.PromptTokens())
+}
+
+// FirstToken records the attempt's first token at now.
+func (a *Attempt) FirstToken(stream bool, now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.node.FirstToken(stream, now)
+}
+
+// Lost records that the attempt lost its race at now, before a token.
+func (a *Attempt) Lost(stream bool, now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.node.Lost(stream, now)
 }
 
 // End ends the attempt on its node with the outcome, if a node was picked.

@@ -36,6 +36,20 @@ type Info struct {
 	tried []string
 }
 
+// bytesPerToken is about how many bytes of a JSON request body make one
+// prompt token: English text runs about 4 characters a token, and the
+// JSON around it adds a little.
+const bytesPerToken = 4
+
+// PromptTokens estimates the prompt's length in tokens from the body's
+// size, for the load it puts on a node's prefill.
+func (r *Info) PromptTokens() float64 {
+	if r == nil {
+		return 0
+	}
+	return float64(len(r.Body)) / bytesPerToken
+}
+
 // EnterRace records that an attempt runner runs this request's attempts.
 // A runner whose attempt saw another runner start inside it (the hedge
 // handler within the ai_lb handler's failover) leaves the retries to it.

@@ -8,26 +8,29 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
+	"github.com/ai-lb/ai-lb/health"
 	"github.com/ai-lb/ai-lb/registry"
 	"github.com/ai-lb/ai-lb/request"
 )
 
 // P2C is the `p2c` selection policy: power of two choices. It samples two
 // distinct available upstreams at random and picks the one with the lower
-// cost. When both nodes declare max_concurrency the cost is their
-// utilisation,
+// cost, the estimated wait for a first token there (health.Cost):
 //
-//	cost = (in-flight requests + 1) / (max_concurrency × weight)
+//	cost = TTFT × (load + 1) / weight                       capacities unknown
+//	cost = TTFT × (1 + (load + 1) / capacity) / weight      both known
 //
-// and otherwise (in-flight requests + 1) / weight, since a node with no
-// declared limit has no utilisation to compare. In-flight is Caddy's
-// process-wide count of live requests to that address, streams included,
-// so hedged attempts count as load. Nodes this request has not tried yet
-// are preferred; tried ones are used when no other is available, so a
-// model served by a single node can still be retried.
+// TTFT is the node's peak-EWMA time to first token as this process saw
+// it; load is its requests — the larger of the in-flight requests (this
+// process's, or Caddy's process-wide count) and the engine's own running
+// and waiting requests as its agent publishes them — plus the prompt
+// tokens in flight, relative to capacity when both nodes' capacities are
+// known (max_concurrency, else the engine's). Nodes this request has not
+// tried yet are preferred; tried ones are used when no other is
+// available, so a model served by a single node can still be retried.
 //
 // The chosen node begins the request's attempt in the node health state,
-// so its outcome counts for the node.
+// so its outcome and time to first token count for the node.
 type P2C struct {
 	app *registry.App
 }
@@ -95,37 +98,44 @@ func (p *P2C) Select(pool reverseproxy.UpstreamPool, r *http.Request, _ http.Res
 	}
 	chosen := first
 	if second != nil && second != first {
-		snap := p.app.Snapshot()
-		a, b := snap.ByDial(first.Dial), snap.ByDial(second.Dial)
-		bounded := a != nil && b != nil && a.MaxConcurrency > 0 && b.MaxConcurrency > 0
-		if cost(second, b, bounded) < cost(first, a, bounded) {
+		snap, nodes, now := p.app.Snapshot(), p.app.Health(), time.Now()
+		ma, mb := snap.ByDial(first.Dial), snap.ByDial(second.Dial)
+		costA, costB := health.Cost(loadOf(first, ma, nodes, now), loadOf(second, mb, nodes, now), weight(ma), weight(mb))
+		if costB < costA {
 			chosen = second
 		}
 	}
 	if chosen != nil {
 		req.MarkTried(chosen.Dial)
 		if attempt := request.AttemptFrom(r.Context()); attempt != nil {
-			attempt.Begin(p.app.Health().Node(chosen.Dial), time.Now())
+			attempt.Begin(p.app.Health().Node(chosen.Dial), req, time.Now())
 		}
 	}
 	return chosen
 }
 
-// cost is the load of an upstream (registry member m, nil if unknown)
-// relative to its weight, and to its max_concurrency when bounded.
-func cost(u *reverseproxy.Upstream, m *registry.Member, bounded bool) float64 {
-	inFlight := 0
-	if u.Host != nil {
-		inFlight = u.Host.NumRequests()
-	}
-	capacity := 1.0
+// loadOf returns the load of upstream u (registry member m, nil if
+// unknown): its node health load, with Caddy's own count of requests to
+// it when that is larger (routes without the ai_lb handler count there
+// only).
+func loadOf(u *reverseproxy.Upstream, m *registry.Member, nodes *health.Tracker, now time.Time) health.Load {
+	maxConcurrency := 0
 	if m != nil {
-		capacity = m.EffectiveWeight()
-		if bounded {
-			capacity *= float64(m.MaxConcurrency)
-		}
+		maxConcurrency = m.MaxConcurrency
 	}
-	return float64(inFlight+1) / capacity
+	l := nodes.Node(u.Dial).Load(maxConcurrency, now)
+	if u.Host != nil {
+		l.Requests = max(l.Requests, float64(u.Host.NumRequests()))
+	}
+	return l
+}
+
+// weight is a member's weight, 1 when unknown.
+func weight(m *registry.Member) float64 {
+	if m == nil {
+		return 1
+	}
+	return m.EffectiveWeight()
 }
 
 // Interface guards

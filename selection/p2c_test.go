@@ -274,12 +274,12 @@ func TestNodeHealthRouting(t *testing.T) {
 	// b fails until ejected: not offered while a can take the request.
 	now := time.Now()
 	for range health.Defaults.ConsecutiveFailures {
-		nodes.Node("10.0.3.2:80").Begin(now).End(health.Failed, now)
+		nodes.Node("10.0.3.2:80").Begin(now, 0).End(health.Failed, now)
 	}
 	require.Equal(t, []string{"10.0.3.1:80"}, offered())
 
 	// With a full too, the ejected node is still tried rather than none.
-	busy := nodes.Node("10.0.3.1:80").Begin(now)
+	busy := nodes.Node("10.0.3.1:80").Begin(now, 0)
 	require.Equal(t, []string{"10.0.3.2:80"}, offered())
 	busy.End(health.Succeeded, now)
 }
