@@ -47,6 +47,10 @@ type App struct {
 	// fields for the defaults.
 	Ejection *Ejection `json:"ejection,omitempty"`
 
+	// Load tunes the load model the p2c policy costs nodes by; see Load's
+	// fields for the defaults.
+	Load *Load `json:"load,omitempty"`
+
 	watcher *Watcher
 	health  *health.Tracker
 	poolKey string
@@ -80,6 +84,37 @@ type Ejection struct {
 
 	// Off turns ejection off.
 	Off bool `json:"off,omitempty"`
+}
+
+// Load tunes the load model. Unset fields take their defaults.
+type Load struct {
+	// TTFTHalfLife is how fast a node's time-to-first-token average
+	// forgets: a sample's weight halves every TTFTHalfLife. Default: 10s.
+	TTFTHalfLife caddy.Duration `json:"ttft_half_life,omitempty"`
+
+	// Staleness is the age past which a node's published engine figures
+	// count as unknown (never as zero load). Default: 3s.
+	Staleness caddy.Duration `json:"staleness,omitempty"`
+
+	// PrefillTokens is the prompt tokens in flight on a node that count as
+	// one more request. Default: 1000.
+	PrefillTokens float64 `json:"prefill_tokens,omitempty"`
+}
+
+// settings returns the load settings as node health takes them.
+func (l *Load) settings() health.LoadSettings {
+	if l == nil {
+		return health.LoadSettings{}
+	}
+	return health.LoadSettings{HalfLife: time.Duration(l.TTFTHalfLife), Staleness: time.Duration(l.Staleness), PrefillTokens: l.PrefillTokens}
+}
+
+// validate checks the load settings.
+func (l *Load) validate() error {
+	if l != nil && (l.TTFTHalfLife < 0 || l.Staleness < 0 || l.PrefillTokens < 0) {
+		return fmt.Errorf("load: ttft_half_life, staleness and prefill_tokens must not be negative")
+	}
+	return nil
 }
 
 // options returns the ejection settings as node health takes them.
@@ -159,6 +194,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.Ejection.validate(); err != nil {
 		return err
 	}
+	if err := a.Load.validate(); err != nil {
+		return err
+	}
 	opts := WatcherOptions{Resync: time.Duration(a.ResyncInterval), LegacyKeys: a.LegacyKeys}
 	a.poolKey = fmt.Sprintf("%s|%s|%d|%t", redisURL, a.Prefix, opts.Resync, opts.LegacyKeys)
 	logger := ctx.Logger()
@@ -180,6 +218,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	// The node state outlives configs: the newest config's settings
 	// apply to it.
 	a.health.SetOptions(a.Ejection.options())
+	a.health.SetLoadSettings(a.Load.settings())
 	a.health.SetLogger(logger)
 	if err := health.RegisterMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err

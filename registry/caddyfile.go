@@ -25,6 +25,11 @@ import (
 //			base_duration        <duration>
 //			max_duration         <duration>
 //		}
+//		load {
+//			ttft_half_life <duration>
+//			staleness      <duration>
+//			prefill_tokens <n>
+//		}
 //	}
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume option name
@@ -56,6 +61,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.LegacyKeys = true
 		case "ejection":
 			if err := a.parseEjection(d); err != nil {
+				return err
+			}
+		case "load":
+			if err := a.parseLoad(d); err != nil {
 				return err
 			}
 		default:
@@ -102,6 +111,38 @@ func (a *App) parseEjection(d *caddyfile.Dispenser) error {
 		}
 		if err != nil {
 			return d.Errf("parsing ejection %s: %v", option, err)
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	return nil
+}
+
+// parseLoad reads a `load { ... }` block.
+func (a *App) parseLoad(d *caddyfile.Dispenser) error {
+	a.Load = new(Load)
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		option := d.Val()
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		var err error
+		switch option {
+		case "ttft_half_life":
+			err = parseDuration(d.Val(), &a.Load.TTFTHalfLife)
+		case "staleness":
+			err = parseDuration(d.Val(), &a.Load.Staleness)
+		case "prefill_tokens":
+			a.Load.PrefillTokens, err = strconv.ParseFloat(d.Val(), 64)
+		default:
+			return d.Errf("unrecognized load option '%s'", option)
+		}
+		if err != nil {
+			return d.Errf("parsing load %s: %v", option, err)
 		}
 		if d.NextArg() {
 			return d.ArgErr()
