@@ -55,7 +55,8 @@ type Handler struct {
 	Retries *int `json:"retries,omitempty"`
 
 	// TryDuration is how long after a request began a retry may still
-	// start. Default: 30s.
+	// start. Default: 60s, past the default stream_header_timeout, so that
+	// an attempt that timed out can still be retried.
 	TryDuration caddy.Duration `json:"try_duration,omitempty"`
 
 	// StreamHeaderTimeout is how long an attempt of a streamed request
@@ -86,7 +87,7 @@ type Handler struct {
 // Failover defaults.
 const (
 	defaultRetries        = 2
-	defaultTryDuration    = 30 * time.Second
+	defaultTryDuration    = 60 * time.Second
 	defaultHeaderTimeout  = 30 * time.Second
 	defaultRetryBudget    = 0.2
 	defaultRetryBudgetMin = 5
