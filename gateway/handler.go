@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -249,8 +250,7 @@ func (h *Handler) readBody(r *http.Request) ([]byte, *apiError) {
 	if r.ContentLength > h.MaxBodySize {
 		return nil, tooLarge
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, min(max(r.ContentLength, 0), initialBodyBuffer)))
-	_, err := buf.ReadFrom(io.LimitReader(r.Body, h.MaxBodySize+1))
+	body, err := readGrowing(io.LimitReader(r.Body, h.MaxBodySize+1), r.ContentLength)
 	var limited *http.MaxBytesError
 	switch {
 	case errors.As(err, &limited):
@@ -258,10 +258,35 @@ func (h *Handler) readBody(r *http.Request) ([]byte, *apiError) {
 	case err != nil:
 		return nil, invalidRequest(http.StatusBadRequest, "body_read_error", "",
 			"reading the request body: "+err.Error())
-	case int64(buf.Len()) > h.MaxBodySize:
+	case int64(len(body)) > h.MaxBodySize:
 		return nil, tooLarge
 	}
-	return buf.Bytes(), nil
+	return body, nil
+}
+
+// readGrowing reads r to its end into a buffer that starts at the declared
+// length (at most initialBodyBuffer; -1: unknown) and doubles as bytes
+// arrive, so that an announced length costs nothing until it is sent, and
+// a body of the announced length is read into one allocation.
+func readGrowing(r io.Reader, declared int64) ([]byte, error) {
+	size := int64(initialBodyBuffer)
+	if declared >= 0 {
+		size = min(declared, size)
+	}
+	buf := make([]byte, 0, size+1) // +1: room to see the end without growing
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, cap(buf))
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		switch {
+		case err == io.EOF:
+			return buf, nil
+		case err != nil:
+			return nil, err
+		}
+	}
 }
 
 // initialBodyBuffer is the most a body buffer starts with before bytes
