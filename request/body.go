@@ -15,6 +15,10 @@ type BodyFields struct {
 	HasModel bool
 	// Stream is the top-level "stream" flag.
 	Stream bool
+	// HasStream reports whether "stream" was present as a boolean, so that
+	// an API that streams by default (Ollama's) can tell an absent flag
+	// from "stream":false.
+	HasStream bool
 }
 
 // Errors of ParseBody, phrased for clients.
@@ -86,7 +90,8 @@ func ParseBody(body []byte) (BodyFields, error) {
 						modelVal = val
 					}
 				case keyIs(key, escaped, "stream"):
-					f.Stream = len(val) == 4 && string(val) == "true"
+					f.Stream = string(val) == "true"
+					f.HasStream = f.Stream || string(val) == "false"
 				}
 			}
 			i = skipSpace(body, valEnd)

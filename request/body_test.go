@@ -18,24 +18,25 @@ func TestParseBody(t *testing.T) {
 		want    BodyFields
 		wantErr error
 	}{
-		{"model and stream", `{"model":"llama-3","stream":true}`, BodyFields{Model: "llama-3", HasModel: true, Stream: true}, nil},
-		{"stream false", `{"model":"m","stream":false}`, BodyFields{Model: "m", HasModel: true}, nil},
+		{"model and stream", `{"model":"llama-3","stream":true}`, BodyFields{Model: "llama-3", HasModel: true, Stream: true, HasStream: true}, nil},
+		{"stream false", `{"model":"m","stream":false}`, BodyFields{Model: "m", HasModel: true, HasStream: true}, nil},
 		{"stream not a bool", `{"model":"m","stream":"true"}`, BodyFields{Model: "m", HasModel: true}, nil},
 		{"stream number", `{"model":"m","stream":1}`, BodyFields{Model: "m", HasModel: true}, nil},
 		{"stream null", `{"stream":null}`, BodyFields{}, nil},
 		{"stream object", `{"stream":{"x":true}}`, BodyFields{}, nil},
-		{"stream first", `{"stream":true,"messages":[],"model":"m"}`, BodyFields{Model: "m", HasModel: true, Stream: true}, nil},
-		{"whitespace", " \t\r\n{ \n\"model\" \t:\r\n \"m\" ,\n \"stream\" : true \n}\n ", BodyFields{Model: "m", HasModel: true, Stream: true}, nil},
-		{"stream then brace", `{"stream":true}`, BodyFields{Stream: true}, nil},
+		{"stream first", `{"stream":true,"messages":[],"model":"m"}`, BodyFields{Model: "m", HasModel: true, Stream: true, HasStream: true}, nil},
+		{"whitespace", " \t\r\n{ \n\"model\" \t:\r\n \"m\" ,\n \"stream\" : true \n}\n ", BodyFields{Model: "m", HasModel: true, Stream: true, HasStream: true}, nil},
+		{"stream then brace", `{"stream":true}`, BodyFields{Stream: true, HasStream: true}, nil},
 		{"empty model", `{"model":""}`, BodyFields{HasModel: true}, nil},
-		{"escaped key", `{"mo\u0064el":"m","str\u0065am":true}`, BodyFields{Model: "m", HasModel: true, Stream: true}, nil},
+		{"escaped key", `{"mo\u0064el":"m","str\u0065am":true}`, BodyFields{Model: "m", HasModel: true, Stream: true, HasStream: true}, nil},
 		{"escaped value", `{"model":"a\"b\\c\u00e9\n"}`, BodyFields{Model: "a\"b\\c\u00e9\n", HasModel: true}, nil},
 		{"unicode value", `{"model":"模型-7b"}`, BodyFields{Model: "模型-7b", HasModel: true}, nil},
 		{"invalid utf-8", "{\"model\":\"caf\xe9\"}", BodyFields{Model: "caf\ufffd", HasModel: true}, nil},
 		{"invalid utf-8 escaped", "{\"model\":\"\\u0063af\xe9\"}", BodyFields{Model: "caf\ufffd", HasModel: true}, nil},
 		{"key case matters", `{"Model":"m","STREAM":true}`, BodyFields{}, nil},
 		{"key with escaped quote", `{"mod\"el":"x","model":"m"}`, BodyFields{Model: "m", HasModel: true}, nil},
-		{"last duplicate wins", `{"model":"a","model":"b","stream":true,"stream":false}`, BodyFields{Model: "b", HasModel: true}, nil},
+		{"last duplicate wins", `{"model":"a","model":"b","stream":true,"stream":false}`, BodyFields{Model: "b", HasModel: true, HasStream: true}, nil},
+		{"last duplicate wins, not a bool", `{"stream":true,"stream":null}`, BodyFields{}, nil},
 		{"absent", `{"messages":[{"role":"user","content":"hi"}]}`, BodyFields{}, nil},
 		{"empty object", `{}`, BodyFields{}, nil},
 		{"nested model ignored", `{"messages":[{"model":"inner","stream":true}],"metadata":{"model":"meta"}}`, BodyFields{}, nil},
@@ -292,6 +293,7 @@ func oracle(body []byte) (BodyFields, error) {
 				panic(err)
 			}
 			f.Stream = v == true
+			_, f.HasStream = v.(bool)
 		}
 	}
 	return f, nil
@@ -440,7 +442,7 @@ func TestChatBody(t *testing.T) {
 	require.InDelta(t, 40<<10, len(body), 8<<10, "the benchmark body is about 40 KB")
 	got, err := ParseBody(body)
 	require.NoError(t, err)
-	require.Equal(t, BodyFields{Model: "llama-3.1-70b-instruct", HasModel: true, Stream: true}, got)
+	require.Equal(t, BodyFields{Model: "llama-3.1-70b-instruct", HasModel: true, Stream: true, HasStream: true}, got)
 }
 
 func BenchmarkParseBody(b *testing.B) {
