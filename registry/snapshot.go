@@ -3,6 +3,8 @@ package registry
 import (
 	"slices"
 	"sort"
+
+	"github.com/ai-lb/ai-lb/request"
 )
 
 // Member is a live node as the routing layer sees it.
@@ -21,10 +23,10 @@ type Snapshot struct {
 	Synced bool
 
 	byID    map[string]*Member
-	byModel map[string][]*Member
+	byModel map[string][]*Member // by request.ModelKey
 	byDial  map[string]*Member
 	models  []string
-	dormant map[string]bool
+	dormant map[string]bool // by request.ModelKey
 }
 
 // NewSnapshot indexes live members, sorting them by ID in place;
@@ -32,6 +34,10 @@ type Snapshot struct {
 // (not live, unhealthy by their agent's probe, or draining), and
 // synced reports whether the registry has been read. The watcher builds
 // one on every change; other packages' tests build their own.
+//
+// Model names are matched as Ollama reads them (request.ModelKey): a name
+// without a tag is its ":latest", so "llama3.2" finds the nodes that list
+// "llama3.2:latest" and the other way round.
 func NewSnapshot(members []*Member, dormantModels map[string]bool, synced bool) *Snapshot {
 	sort.Slice(members, func(i, j int) bool { return members[i].ID < members[j].ID })
 	s := &Snapshot{
@@ -40,7 +46,10 @@ func NewSnapshot(members []*Member, dormantModels map[string]bool, synced bool) 
 		byID:    make(map[string]*Member, len(members)),
 		byModel: make(map[string][]*Member),
 		byDial:  make(map[string]*Member, len(members)),
-		dormant: dormantModels,
+		dormant: make(map[string]bool, len(dormantModels)),
+	}
+	for model := range dormantModels {
+		s.dormant[request.ModelKey(model)] = true
 	}
 	for _, m := range members {
 		s.byID[m.ID] = m
@@ -48,15 +57,19 @@ func NewSnapshot(members []*Member, dormantModels map[string]bool, synced bool) 
 		if !dup {
 			s.byDial[m.Dial] = m
 		}
-		for _, model := range m.Models {
-			if len(s.byModel[model]) == 0 {
+		for i, model := range m.Models {
+			key := request.ModelKey(model)
+			if slices.ContainsFunc(m.Models[:i], func(earlier string) bool { return request.ModelKey(earlier) == key }) {
+				continue // listed under both of its names
+			}
+			if len(s.byModel[key]) == 0 {
 				s.models = append(s.models, model)
 			}
 			// Two IDs for one address (rare): offer it once per model.
-			if dup && slices.ContainsFunc(s.byModel[model], func(x *Member) bool { return x.Dial == m.Dial }) {
+			if dup && slices.ContainsFunc(s.byModel[key], func(x *Member) bool { return x.Dial == m.Dial }) {
 				continue
 			}
-			s.byModel[model] = append(s.byModel[model], m)
+			s.byModel[key] = append(s.byModel[key], m)
 		}
 	}
 	sort.Strings(s.models)
@@ -65,17 +78,19 @@ func NewSnapshot(members []*Member, dormantModels map[string]bool, synced bool) 
 
 // ServingModel returns the live members that serve model. The slice is
 // shared: do not modify it.
-func (s *Snapshot) ServingModel(model string) []*Member { return s.byModel[model] }
+func (s *Snapshot) ServingModel(model string) []*Member { return s.byModel[request.ModelKey(model)] }
 
 // ByDial returns the live member at a dial address, or nil.
 func (s *Snapshot) ByDial(dial string) *Member { return s.byDial[dial] }
 
-// Models returns the sorted union of the models of live members.
+// Models returns the sorted union of the models of live members, each
+// once, as the first member (by ID) that lists it names it.
 func (s *Snapshot) Models() []string { return s.models }
 
 // Known reports whether any registered node, routed to or not, lists model.
 func (s *Snapshot) Known(model string) bool {
-	return len(s.byModel[model]) > 0 || s.dormant[model]
+	key := request.ModelKey(model)
+	return len(s.byModel[key]) > 0 || s.dormant[key]
 }
 
 // has reports whether m is in the snapshot as the same member.

@@ -78,3 +78,34 @@ func BenchmarkSnapshotServingModel(b *testing.B) {
 		}
 	}
 }
+
+// TestSnapshotMatchesLatest: a name without a tag is its ":latest", for
+// the nodes serving it, the models known, and the listing.
+func TestSnapshotMatchesLatest(t *testing.T) {
+	a := member("a", "10.0.0.1:80", "llama3.2:latest", "qwen3:8b")
+	b := member("b", "10.0.0.2:80", "llama3.2", "qwen3")
+	both := member("c", "10.0.0.3:80", "gemma3", "gemma3:latest") // one node, both names
+	s := NewSnapshot([]*Member{b, both, a}, map[string]bool{"sleepy:latest": true}, true)
+
+	for model, want := range map[string][]string{
+		"llama3.2":        {"a", "b"},
+		"llama3.2:latest": {"a", "b"},
+		"qwen3:8b":        {"a"},
+		"qwen3":           {"b"},
+		"qwen3:latest":    {"b"},
+		"gemma3":          {"c"},
+		"gemma3:latest":   {"c"},
+		"llama3.2:3b":     nil,
+	} {
+		var got []string
+		for _, m := range s.ServingModel(model) {
+			got = append(got, m.ID)
+		}
+		require.Equal(t, want, got, model)
+	}
+	require.True(t, s.Known("sleepy"))
+	require.True(t, s.Known("sleepy:latest"))
+	require.False(t, s.Known("sleepy:7b"))
+	require.Equal(t, []string{"gemma3", "llama3.2:latest", "qwen3", "qwen3:8b"}, s.Models(),
+		"each model once, named as the first node by ID lists it")
+}
