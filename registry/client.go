@@ -44,7 +44,7 @@ func NewRedis(redisURL string) (redis.UniversalClient, error) {
 		if err != nil {
 			return nil, fmt.Errorf("redis url: %v", err)
 		}
-		return redis.NewFailoverClient(o), nil
+		return newSentinelClient(o), nil
 	case q.Has("addr"):
 		o, err := redis.ParseClusterURL(redisURL)
 		if err != nil {
