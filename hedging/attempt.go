@@ -3,6 +3,7 @@ package hedging
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"maps"
 	"net/http"
@@ -21,9 +22,15 @@ import (
 // wanted, and the error makes reverse_proxy stop copying it.
 var errLost = errors.New("hedged attempt lost the race")
 
+// errStreamError is what an attempt's write returns when its NDJSON stream
+// reports an error before any content: the attempt has failed, and the
+// error makes reverse_proxy stop copying it.
+var errStreamError = errors.New("the node's stream began with an error record")
+
 // maxHeld bounds what an attempt buffers before it wins: the bytes of an
-// SSE stream before its first data line, or a failed answer held as the
-// reply of last resort.
+// SSE stream before its first data line or of an NDJSON stream before its
+// first record with content, or a failed answer held as the reply of last
+// resort.
 const maxHeld = 64 << 10
 
 // attempt is one run of the rest of the route (reverse_proxy) for a hedged
@@ -52,6 +59,8 @@ type attempt struct {
 	status      int
 	held        bytes.Buffer // output before winning
 	sse         bool
+	ndjson      bool // Ollama's streams: one JSON record a line
+	lineStart   int  // NDJSON: where in held the line not yet read begins
 	atLineHead  bool
 	headMatched int // bytes of "data:" seen at the current line head
 	won         bool
@@ -75,7 +84,9 @@ func (a *attempt) WriteHeader(status int) {
 	}
 	a.status = status
 	a.gotHeader.Store(true)
-	a.sse = strings.HasPrefix(a.header.Get("Content-Type"), "text/event-stream")
+	contentType := a.header.Get("Content-Type")
+	a.sse = strings.HasPrefix(contentType, "text/event-stream")
+	a.ndjson = strings.HasPrefix(contentType, "application/x-ndjson")
 	a.atLineHead = true
 	if status < 400 && status >= 300 || isClientError(status) && a.race.alone(a) {
 		a.race.claim(a)
@@ -83,8 +94,9 @@ func (a *attempt) WriteHeader(status int) {
 }
 
 // Write buffers output until the attempt produces its first token — the
-// first body byte of a 2xx answer, or for SSE the first `data:` line — and
-// then claims the race. The winner writes through to the client.
+// first body byte of a 2xx answer, for SSE the first `data:` line, for
+// NDJSON the first record with content (see writeNDJSON) — and then claims
+// the race. The winner writes through to the client.
 func (a *attempt) Write(p []byte) (int, error) {
 	if a.status == 0 {
 		a.WriteHeader(http.StatusOK)
@@ -102,6 +114,9 @@ func (a *attempt) Write(p []byte) (int, error) {
 	if a.race.lost(a) {
 		return 0, errLost
 	}
+	if a.ndjson {
+		return a.writeNDJSON(p)
+	}
 	if !a.sse || a.hasData(p) || a.held.Len()+len(p) > maxHeld {
 		a.firstToken = time.Now()
 		if a.race.claim(a) {
@@ -111,6 +126,105 @@ func (a *attempt) Write(p []byte) (int, error) {
 	}
 	a.held.Write(p)
 	return len(p), nil
+}
+
+// writeNDJSON holds an NDJSON stream (Ollama's /api/chat and
+// /api/generate) until its first record with content, which claims the
+// race (see recordOf). An error record before it fails the attempt as a
+// 502 would: the record is held as the reply of last resort, as a JSON
+// error document, and the returned error makes reverse_proxy stop, so the
+// next attempt starts at once. A line longer than the hold bound counts as
+// content.
+func (a *attempt) writeNDJSON(p []byte) (int, error) {
+	a.held.Write(p)
+	for {
+		rest := a.held.Bytes()[a.lineStart:]
+		i := bytes.IndexByte(rest, '\n')
+		if i < 0 {
+			break
+		}
+		line := rest[:i]
+		a.lineStart += i + 1
+		switch recordOf(line) {
+		case contentRecord:
+			return a.claimHeld(p)
+		case errorRecord:
+			a.status = http.StatusBadGateway
+			a.header.Set("Content-Type", "application/json; charset=utf-8")
+			failure := append(bytes.Clone(bytes.TrimSpace(line)), '\n')
+			a.held.Reset()
+			a.held.Write(failure)
+			return 0, errStreamError
+		}
+	}
+	if a.held.Len() > maxHeld {
+		return a.claimHeld(p)
+	}
+	return len(p), nil
+}
+
+// claimHeld claims the race with a first token at the end of the held
+// output, which already holds p.
+func (a *attempt) claimHeld(p []byte) (int, error) {
+	a.firstToken = time.Now()
+	if a.race.claim(a) {
+		return len(p), nil // claim wrote the held output
+	}
+	return 0, errLost
+}
+
+// recordKind is what an NDJSON record says about its stream.
+type recordKind int
+
+const (
+	noContent     recordKind = iota // a generation record without content yet
+	contentRecord                   // the stream has begun: a first token
+	errorRecord                     // {"error": ...}
+)
+
+// ndjsonRecord is what recordOf reads of an Ollama stream record.
+type ndjsonRecord struct {
+	Error    json.RawMessage `json:"error"`
+	Done     *bool           `json:"done"`
+	Response string          `json:"response"`
+	Thinking string          `json:"thinking"`
+	Message  struct {
+		Content   string            `json:"content"`
+		Thinking  string            `json:"thinking"`
+		ToolCalls []json.RawMessage `json:"tool_calls"`
+	} `json:"message"`
+	Embedding  json.RawMessage `json:"embedding"`
+	Embeddings json.RawMessage `json:"embeddings"`
+}
+
+// recordOf classifies one line of an NDJSON stream. Content is a message's
+// content, thinking or tool calls, a generate record's response or
+// thinking, an embedding, or the final record (done:true). A record with a
+// "done" flag and none of those is held. Anything else — a line that is not
+// such a record, or a record of another kind of stream (with no "done") —
+// counts as content, so that streams of unknown kinds are never held back.
+// Blank lines are skipped.
+func recordOf(line []byte) recordKind {
+	line = bytes.TrimSpace(line)
+	if len(line) == 0 {
+		return noContent
+	}
+	var rec ndjsonRecord
+	if json.Unmarshal(line, &rec) != nil {
+		return contentRecord
+	}
+	m := &rec.Message
+	switch {
+	case len(rec.Error) > 0 && string(rec.Error) != "null" && string(rec.Error) != `""`:
+		return errorRecord
+	case rec.Done == nil && rec.Embedding == nil && rec.Embeddings == nil,
+		rec.Done != nil && *rec.Done,
+		rec.Response != "", rec.Thinking != "",
+		m.Content != "", m.Thinking != "", len(m.ToolCalls) > 0,
+		rec.Embedding != nil, rec.Embeddings != nil:
+		return contentRecord
+	}
+	return noContent
 }
 
 // hasData reports whether p starts a `data:` line of an SSE stream,

@@ -22,8 +22,8 @@ import (
 // and `reverse_proxy`, it runs the rest of the route once per attempt:
 //
 //   - Attempt 1 starts at once. If no attempt has produced a first token
-//     (the first body byte of a 2xx answer; for SSE the first `data:` line)
-//     after the hedge delay, another attempt starts, on a node this request
+//     (the first body byte of a 2xx answer; for SSE the first `data:` line;
+//     for NDJSON the first record with content) after the hedge delay, another attempt starts, on a node this request
 //     has not tried when there is one, up to max_attempts.
 //   - The first attempt to produce a token wins and streams to the client;
 //     every other attempt is cancelled at once (its upstream connection is
@@ -91,7 +91,8 @@ type Handler struct {
 	MaxBodySize int64 `json:"max_body_size,omitempty"`
 
 	// Paths are the request paths hedged (POST only). Default:
-	// /v1/chat/completions, /v1/completions, /v1/embeddings.
+	// /v1/chat/completions, /v1/completions, /v1/embeddings, and Ollama's
+	// /api/chat, /api/generate, /api/embed, /api/embeddings.
 	Paths []string `json:"paths,omitempty"`
 
 	// ResponseHeaders adds X-AI-LB-Hedged (true|false), X-AI-LB-Attempts
@@ -118,7 +119,7 @@ const (
 	defaultMaxBody      = 1 << 20
 )
 
-var defaultPaths = []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
+var defaultPaths = []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/api/chat", "/api/generate", "/api/embed", "/api/embeddings"}
 
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
