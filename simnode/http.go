@@ -114,7 +114,11 @@ func (n *Node) serveModels(w http.ResponseWriter, snap *snapshot) {
 
 // serveMetrics exposes the gauges a vLLM server exports under the same
 // names, so that load-aware balancing can be exercised against the
-// simulator exactly as against vLLM.
+// simulator exactly as against vLLM: running and waiting requests per
+// model from the slots and the queue, and KV-cache usage as busy slots over
+// slots. With a slot limit it also states it as
+// vllm:scheduler_config_info{max_num_seqs="<slots>"}, a gauge vLLM does not
+// have (see registry.ParseEngineMetrics).
 func (n *Node) serveMetrics(w http.ResponseWriter, snap *snapshot) {
 	type row struct {
 		model            string
@@ -157,6 +161,13 @@ func (n *Node) serveMetrics(w http.ResponseWriter, snap *snapshot) {
 		func(r row) string { return strconv.Itoa(r.waiting) })
 	metric("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
 		func(row) string { return strconv.FormatFloat(kv, 'g', -1, 64) })
+	if slots := snap.cfg.Slots; slots > 0 {
+		// vLLM itself does not export max_num_seqs; this is the form an
+		// info gauge of its scheduler config would take, which the
+		// registration agent reads as the node's capacity.
+		fmt.Fprintf(&b, "# HELP %[1]s Scheduler configuration (simnode: its slots).\n# TYPE %[1]s gauge\n%[1]s{max_num_seqs=\"%d\"} 1\n",
+			"vllm:scheduler_config_info", slots)
+	}
 
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	_, _ = w.Write(b.Bytes())

@@ -41,11 +41,22 @@ func TestMetrics(t *testing.T) {
 		`vllm:num_requests_waiting{model_name="m2"} 0`,
 		`vllm:kv_cache_usage_perc{model_name="m1"} 0.25`,
 		`vllm:kv_cache_usage_perc{model_name="m2"} 0.25`,
+		`vllm:scheduler_config_info{max_num_seqs="4"} 1`,
 	} {
 		require.Contains(t, m, want)
 	}
 	cancel()
 	waitStats(t, n, func(s Stats) bool { return s.InFlight == 0 })
+
+	// Without a slot limit there is no capacity to state.
+	n.Update(func(c *Config) { c.Slots = 0 })
+	resp, err = http.Get(srv.URL + "/metrics")
+	require.NoError(t, err)
+	b, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.NotContains(t, string(b), "max_num_seqs")
+	require.Contains(t, string(b), `vllm:num_requests_running{model_name="m2"} 0`)
 }
 
 func TestInfoEndpoints(t *testing.T) {
