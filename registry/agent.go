@@ -27,6 +27,11 @@ import (
 // connection error, or no answer within ProbeTimeout (a hung node) fails it.
 // Unless KeepModels is set, every probe also reads /v1/models, and the
 // registered models follow the node's.
+//
+// Every LoadInterval it also reads the engine's load from the node's
+// Prometheus /metrics (see ParseEngineMetrics) and publishes it to every
+// ai-lb replica (Client.PublishLoad): when it changed, and at least every
+// LoadRefreshIntervals. A node without engine metrics publishes nothing.
 type Agent struct {
 	Client *Client
 	Node   Node
@@ -38,6 +43,9 @@ type Agent struct {
 	// SIGUSR1 to it), makes the agent register the node as draining at
 	// once, and keep heartbeating it so until its context ends.
 	Drain <-chan os.Signal
+	// LoadInterval is how often the node's engine load is read and
+	// published: 0 means DefaultLoadInterval, a negative value never.
+	LoadInterval time.Duration
 }
 
 // HeartbeatInterval is how often an agent re-registers its node: three
@@ -67,6 +75,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer tick.Stop()
 	failing := false
 	mode := upFresh // until a registration succeeds
+	var loadDone chan struct{}
 	for {
 		models, probeErr := a.probe(ctx, min(ProbeTimeout, interval/2))
 		switch {
@@ -90,6 +99,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err == nil {
 			mode = upKeep
 		}
+		if loadDone == nil && a.loadInterval() > 0 {
+			// After the first registration: figures are only stored
+			// for a registered node.
+			loadDone = make(chan struct{})
+			go func() {
+				defer close(loadDone)
+				a.publishLoad(ctx, a.loadInterval(), logger)
+			}()
+		}
 		switch {
 		case ctx.Err() != nil:
 		case err != nil && !failing:
@@ -101,6 +119,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			if loadDone != nil {
+				<-loadDone // no figures after the deregistration
+			}
 			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			_, err := a.Client.Deregister(dctx, node.ID)
@@ -113,6 +134,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+func (a *Agent) loadInterval() time.Duration {
+	if a.LoadInterval == 0 {
+		return DefaultLoadInterval
+	}
+	return a.LoadInterval
 }
 
 // probe checks the node (see Agent) within timeout, and returns the models

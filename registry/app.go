@@ -206,8 +206,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return nil, err
 		}
 		logger.Info("watching node registry", zap.String("redis", redactURL(redisURL)), zap.String("prefix", client.Keys().Nodes))
-		return &pooledWatcher{watcher: NewWatcher(client, opts, logger), client: client,
-			health: health.NewTracker(logger)}, nil
+		// The watcher feeds the engine load the agents publish to the
+		// state of the nodes.
+		tracker := health.NewTracker(logger)
+		opts := opts
+		opts.Health = tracker
+		return &pooledWatcher{watcher: NewWatcher(client, opts, logger), client: client, health: tracker}, nil
 	})
 	if err != nil {
 		a.poolKey = ""

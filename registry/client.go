@@ -158,7 +158,7 @@ func (c *Client) Deregister(ctx context.Context, id string) (bool, error) {
 
 // scriptKeys are the KEYS of the scripts that write facts about nodes.
 func (c *Client) scriptKeys() []string {
-	return []string{c.keys.Nodes, c.keys.Heartbeats, c.keys.Tombstones}
+	return []string{c.keys.Nodes, c.keys.Heartbeats, c.keys.Tombstones, c.keys.Load}
 }
 
 // Entry is one stored node entry as read from Redis.
@@ -176,12 +176,17 @@ type Entry struct {
 	Age time.Duration `json:"age"`
 	// Live reports whether Age is within the node's TTL.
 	Live bool `json:"live"`
+	// Load is the engine load the node's agent published last; nil when
+	// there is none.
+	Load *LoadFigures `json:"load,omitempty"`
+	// LoadAge is how old Load is, by the Redis clock.
+	LoadAge time.Duration `json:"load_age,omitempty"`
 }
 
 // List reads every entry of the registry in one consistent snapshot, sorted
 // by ID. Malformed entries are returned with Err set.
 func (c *Client) List(ctx context.Context) ([]Entry, error) {
-	r, err := c.read(ctx)
+	r, err := c.read(ctx, true)
 	return r.entries, err
 }
 
@@ -193,17 +198,23 @@ type registryRead struct {
 	tombstones map[string]int64
 	// now is the Redis clock at the read.
 	now time.Time
+	// loads holds the load figures of the nodes, when they were read.
+	loads []LoadFigures
 }
 
-// read reads the nodes, heartbeats and tombstones in one transaction.
-func (c *Client) read(ctx context.Context) (registryRead, error) {
-	var nodes *redis.MapStringStringCmd
+// read reads the nodes, heartbeats and tombstones, and with withLoad the
+// load figures, in one transaction.
+func (c *Client) read(ctx context.Context, withLoad bool) (registryRead, error) {
+	var nodes, loads *redis.MapStringStringCmd
 	var beats, tombs *redis.ZSliceCmd
 	var now *redis.TimeCmd
 	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		nodes = p.HGetAll(ctx, c.keys.Nodes)
 		beats = p.ZRangeWithScores(ctx, c.keys.Heartbeats, 0, -1)
 		tombs = p.ZRangeWithScores(ctx, c.keys.Tombstones, 0, -1)
+		if withLoad {
+			loads = p.HGetAll(ctx, c.keys.Load)
+		}
 		now = p.Time(ctx)
 		return nil
 	})
@@ -211,6 +222,16 @@ func (c *Client) read(ctx context.Context) (registryRead, error) {
 		return registryRead{}, err
 	}
 	r := registryRead{tombstones: scores(tombs.Val()), now: now.Val()}
+	load := make(map[string]*LoadFigures)
+	if loads != nil {
+		for id, raw := range loads.Val() {
+			// A malformed value (no agent writes one) is skipped.
+			if f, err := decodeLoad(raw); err == nil && f.ID == id {
+				r.loads = append(r.loads, f)
+				load[id] = &f
+			}
+		}
+	}
 	heartbeat := scores(beats.Val())
 	r.entries = make([]Entry, 0, len(nodes.Val()))
 	for id, raw := range nodes.Val() {
@@ -223,6 +244,9 @@ func (c *Client) read(ctx context.Context) (registryRead, error) {
 			e.Heartbeat = time.UnixMilli(ms)
 			e.Age = r.now.Sub(e.Heartbeat)
 			e.Live = e.Node != nil && e.Age <= e.Node.TTL()
+		}
+		if f := load[id]; f != nil {
+			e.Load, e.LoadAge = f, r.now.Sub(time.UnixMilli(f.Millis))
 		}
 		r.entries = append(r.entries, e)
 	}

@@ -15,9 +15,9 @@ func TestKeysFor(t *testing.T) {
 		prefix string
 		want   Keys
 	}{
-		{"", Keys{Nodes: "{ai-lb}:nodes", Heartbeats: "{ai-lb}:heartbeats", Tombstones: "{ai-lb}:tombstones", Events: "{ai-lb}:events"}},
-		{"prod", Keys{Nodes: "{prod}:nodes", Heartbeats: "{prod}:heartbeats", Tombstones: "{prod}:tombstones", Events: "{prod}:events"}},
-		{"a:b", Keys{Nodes: "{a:b}:nodes", Heartbeats: "{a:b}:heartbeats", Tombstones: "{a:b}:tombstones", Events: "{a:b}:events"}},
+		{"", Keys{Nodes: "{ai-lb}:nodes", Heartbeats: "{ai-lb}:heartbeats", Tombstones: "{ai-lb}:tombstones", Events: "{ai-lb}:events", Load: "{ai-lb}:load"}},
+		{"prod", Keys{Nodes: "{prod}:nodes", Heartbeats: "{prod}:heartbeats", Tombstones: "{prod}:tombstones", Events: "{prod}:events", Load: "{prod}:load"}},
+		{"a:b", Keys{Nodes: "{a:b}:nodes", Heartbeats: "{a:b}:heartbeats", Tombstones: "{a:b}:tombstones", Events: "{a:b}:events", Load: "{a:b}:load"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.prefix, func(t *testing.T) {
@@ -276,7 +276,7 @@ func TestClientPruneRechecksHeartbeat(t *testing.T) {
 	require.NoError(t, e.rdb.ZAdd(ctx, keys.Tombstones, redis.Z{Member: "ancient", Score: old}).Err())
 	time.Sleep(PruneAfterTTLs*n.TTL() + 50*time.Millisecond)
 
-	stale, err := e.client.read(ctx)
+	stale, err := e.client.read(ctx, false)
 	require.NoError(t, err)
 	prunable, staleTombstones := stale.prunable()
 	require.Len(t, prunable, 2)

@@ -14,6 +14,8 @@ import (
 //	{prefix}:heartbeats  ZSET    node ID -> last heartbeat, Unix ms by the Redis clock
 //	{prefix}:tombstones  ZSET    node ID -> time of its deregistration, Unix ms by the Redis clock
 //	{prefix}:events      channel one JSON message per change (see Event)
+//	{prefix}:load        HASH    node ID -> its engine's latest load (see LoadFigures)
+//	{prefix}:load        channel one message per node per load interval, the same JSON
 //
 // Liveness is per node: a node is live while its last heartbeat is younger
 // than its own TTL. ai-lb judges that itself from the heartbeat times, so no
@@ -26,6 +28,9 @@ import (
 // passed.
 type Keys struct {
 	Nodes, Heartbeats, Tombstones, Events string
+	// Load names both the hash of the latest load figures and the channel
+	// they are published on (Redis keeps channels and keys apart).
+	Load string
 }
 
 // DefaultPrefix is the registry prefix used when none is configured.
@@ -42,7 +47,8 @@ func KeysFor(prefix string) Keys {
 		prefix = DefaultPrefix
 	}
 	tag := "{" + prefix + "}"
-	return Keys{Nodes: tag + ":nodes", Heartbeats: tag + ":heartbeats", Tombstones: tag + ":tombstones", Events: tag + ":events"}
+	return Keys{Nodes: tag + ":nodes", Heartbeats: tag + ":heartbeats", Tombstones: tag + ":tombstones",
+		Events: tag + ":events", Load: tag + ":load"}
 }
 
 // Event is the message published on the events channel for every change.
@@ -56,21 +62,25 @@ type Event struct {
 	AtMillis        int64  `json:"at_ms,omitempty"`
 }
 
-// luaFacts starts every script that writes facts about nodes.
-// KEYS: nodes, heartbeats, tombstones.
-//
-// nowMillis() is the Redis clock in Unix ms. factTime(id) is that clock in ms, moved past the node's last
-// heartbeat and tombstone, so that the facts about one node are strictly
-// ordered. The Redis clock, not the writer's, so that ai-lb replicas and
-// agents on machines with skewed clocks agree on a node's age.
-//
-// down(id, channel) removes a node, leaves its tombstone and announces it.
-const luaFacts = `
+// luaNow defines nowMillis(), the Redis clock in Unix ms.
+const luaNow = `
 local function nowMillis()
 	local t = redis.call('TIME')
 	return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+`
 
+// luaFacts starts every script that writes facts about nodes.
+// KEYS: nodes, heartbeats, tombstones, load.
+//
+// factTime(id) is the Redis clock (nowMillis) in ms, moved past the
+// node's last heartbeat and tombstone, so that the facts about one node
+// are strictly ordered. The Redis clock, not the writer's, so that ai-lb replicas and
+// agents on machines with skewed clocks agree on a node's age.
+//
+// down(id, channel) removes a node and its load figures, leaves its
+// tombstone and announces it.
+const luaFacts = luaNow + `
 local function factTime(id)
 	local ms = nowMillis()
 	local last = math.max(tonumber(redis.call('ZSCORE', KEYS[2], id) or 0),
@@ -81,6 +91,7 @@ end
 local function down(id, channel)
 	local ms = factTime(id)
 	local n = redis.call('HDEL', KEYS[1], id)
+	redis.call('HDEL', KEYS[4], id)
 	redis.call('ZREM', KEYS[2], id)
 	redis.call('ZADD', KEYS[3], ms, id)
 	redis.call('PUBLISH', channel, cjson.encode({op = 'down', id = id, at_ms = ms}))
@@ -97,7 +108,7 @@ end
 //	drain  the draining variant is stored, only if the stored entry is still
 //	       the expected JSON (else nothing is written and nil is returned)
 //
-// KEYS: nodes, heartbeats, tombstones. ARGV: id, node JSON, its draining
+// KEYS: nodes, heartbeats, tombstones, load. ARGV: id, node JSON, its draining
 // variant, events channel, mode, expected JSON (drain).
 var upScript = redis.NewScript(luaFacts + `
 local old = redis.call('HGET', KEYS[1], ARGV[1])
@@ -129,7 +140,7 @@ const (
 )
 
 // downScript removes a node and announces it, atomically.
-// KEYS: nodes, heartbeats, tombstones. ARGV: id, events channel.
+// KEYS: nodes, heartbeats, tombstones, load. ARGV: id, events channel.
 var downScript = redis.NewScript(luaFacts + `
 return down(ARGV[1], ARGV[2])
 `)
@@ -137,7 +148,7 @@ return down(ARGV[1], ARGV[2])
 // pruneScript removes the entries of nodes long expired, unless they have
 // heartbeated since they were read, and the tombstones older than the
 // retention.
-// KEYS: nodes, heartbeats, tombstones. ARGV: events channel, tombstone
+// KEYS: nodes, heartbeats, tombstones, load. ARGV: events channel, tombstone
 // retention in ms, then pairs of node ID and the heartbeat it was read with.
 var pruneScript = redis.NewScript(luaFacts + `
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (nowMillis() - tonumber(ARGV[2])))

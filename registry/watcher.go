@@ -11,6 +11,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/ai-lb/ai-lb/health"
 )
 
 // WatcherOptions tune a Watcher. Zero values take the defaults.
@@ -22,6 +24,11 @@ type WatcherOptions struct {
 	LegacyKeys bool
 	// ExpiryCheck is how often liveness is judged. Default: 100ms.
 	ExpiryCheck time.Duration
+	// Health, when set, gets the engine load that the nodes' agents
+	// publish: each node's figures go to Health.Node(dial).SetEngineLoad,
+	// as they arrive and from the load hash at every resync. Without it
+	// the watcher ignores load figures.
+	Health *health.Tracker
 }
 
 // Watcher keeps an in-memory Snapshot of the live nodes of one registry,
@@ -42,6 +49,7 @@ type Watcher struct {
 	nodes     map[string]*tracked
 	gone      map[string]int64  // id -> time of its deregistration, Redis ms
 	badLogged map[string]string // id -> error already logged for it
+	loadMs    map[string]int64  // id -> Redis time of the load figures applied last, Unix ms
 	synced    bool
 	up        bool      // the last Redis operation succeeded
 	downSince time.Time // start of the current outage, zero when up
@@ -84,6 +92,7 @@ func NewWatcher(client *Client, opts WatcherOptions, logger *zap.Logger) *Watche
 		nodes:     make(map[string]*tracked),
 		gone:      make(map[string]int64),
 		badLogged: make(map[string]string),
+		loadMs:    make(map[string]int64),
 	}
 	w.snap.Store(NewSnapshot(nil, nil, false))
 	w.wg.Add(2)
@@ -116,7 +125,11 @@ func (w *Watcher) Resync() {
 // subscribe follows the events channel, reconnecting with backoff.
 func (w *Watcher) subscribe(ctx context.Context) {
 	defer w.wg.Done()
-	ps := w.client.rdb.Subscribe(ctx, w.client.keys.Events)
+	channels := []string{w.client.keys.Events}
+	if w.opts.Health != nil {
+		channels = append(channels, w.client.keys.Load)
+	}
+	ps := w.client.rdb.Subscribe(ctx, channels...)
 	defer ps.Close()
 	// Receive blocks in a socket read that ctx does not interrupt: closing
 	// the connection does, so that Close returns while Redis is quiet.
@@ -138,9 +151,11 @@ func (w *Watcher) subscribe(ctx context.Context) {
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			// (Re)subscribed: events may have been missed meanwhile.
-			w.Resync()
+			if m.Channel == w.client.keys.Events {
+				w.Resync()
+			}
 		case *redis.Message:
-			w.apply(m.Payload)
+			w.receive(m.Channel, m.Payload)
 		}
 	}
 }
@@ -177,7 +192,7 @@ func (w *Watcher) loop(ctx context.Context) {
 func (w *Watcher) readAll(ctx context.Context) {
 	readCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	read, err := w.client.read(readCtx)
+	read, err := w.client.read(readCtx, w.opts.Health != nil)
 	if err == nil && w.opts.LegacyKeys {
 		var legacy []Entry
 		legacy, err = w.client.legacyNodes(readCtx)
@@ -194,6 +209,7 @@ func (w *Watcher) readAll(ctx context.Context) {
 	w.mu.Lock()
 	w.setUp(now)
 	w.applyRead(read, now)
+	w.applyLoads(read, now)
 	prunable, staleTombstones := read.prunable()
 	// A node in its outage grace is old in Redis only because its agent
 	// could not heartbeat: it has until the grace ends to do so.
@@ -275,17 +291,27 @@ func (w *Watcher) applyRead(read registryRead, now time.Time) {
 	w.rebuild(now)
 }
 
-// apply handles one message from the events channel.
-func (w *Watcher) apply(payload string) {
+// receive handles one message from the events or the load channel.
+func (w *Watcher) receive(channel, payload string) {
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.setUp(now)
+	if channel == w.client.keys.Load {
+		w.applyLoad(payload, now)
+	} else {
+		w.apply(payload, now)
+	}
+}
+
+// apply handles one message from the events channel, received at now.
+// w.mu must be held.
+func (w *Watcher) apply(payload string, now time.Time) {
 	var ev Event
 	if err := json.Unmarshal([]byte(payload), &ev); err != nil {
 		w.logger.Warn("skipping malformed registry event", zap.String("payload", truncate(payload)), zap.Error(err))
 		return
 	}
-	now := time.Now()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.setUp(now)
 	switch ev.Op {
 	case "up":
 		if ev.Node == nil {
@@ -317,6 +343,44 @@ func (w *Watcher) apply(payload string) {
 	default:
 		w.logger.Warn("skipping registry event with unknown op", zap.String("op", ev.Op))
 	}
+}
+
+// applyLoad handles one message from the load channel, received at now:
+// the figures count from their receipt, so that no two hosts' clocks are
+// compared. w.mu must be held.
+func (w *Watcher) applyLoad(payload string, now time.Time) {
+	f, err := decodeLoad(payload)
+	if err != nil {
+		w.logger.Debug("skipping malformed load figures", zap.String("payload", truncate(payload)), zap.Error(err))
+		return
+	}
+	w.load(f, now)
+}
+
+// applyLoads applies the load figures of a full read: each counts from
+// now less its age by the Redis clock. w.mu must be held.
+func (w *Watcher) applyLoads(read registryRead, now time.Time) {
+	for _, f := range read.loads {
+		w.load(f, now.Add(-read.now.Sub(time.UnixMilli(f.Millis))))
+	}
+	for id := range w.loadMs {
+		if w.nodes[id] == nil {
+			delete(w.loadMs, id)
+		}
+	}
+}
+
+// load gives a node's figures, read at at by the local clock, to node
+// health, unless the node is unknown or newer figures were applied. The
+// snapshot is left alone: figures change every second on every node.
+// w.mu must be held.
+func (w *Watcher) load(f LoadFigures, at time.Time) {
+	t := w.nodes[f.ID]
+	if w.opts.Health == nil || t == nil || f.Millis <= w.loadMs[f.ID] {
+		return
+	}
+	w.loadMs[f.ID] = f.Millis
+	w.opts.Health.Node(t.member.Dial).SetEngineLoad(f.EngineLoad(at))
 }
 
 // heartbeat applies a heartbeat of m at Redis time beat (Unix ms, 0 if unknown),
@@ -351,6 +415,7 @@ func (w *Watcher) deregistered(id string, at int64) bool {
 		w.gone[id] = at
 	}
 	delete(w.nodes, id)
+	delete(w.loadMs, id)
 	return ok
 }
 

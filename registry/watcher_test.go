@@ -373,7 +373,7 @@ func TestWatcherOrdersFacts(t *testing.T) {
 	upEvent, err := sub.ReceiveMessage(ctx)
 	require.NoError(t, err)
 	waitFor(t, func() bool { return hasID(w, "n") }, "the node to be registered")
-	before, err := e.client.read(ctx)
+	before, err := e.client.read(ctx, false)
 	require.NoError(t, err)
 
 	_, err = e.client.Deregister(ctx, "n")
@@ -383,11 +383,11 @@ func TestWatcherOrdersFacts(t *testing.T) {
 	require.False(t, hasID(w, "n"), "a read older than the deregistration revived the node")
 	require.False(t, w.Snapshot().Known("m"))
 
-	between, err := e.client.read(ctx)
+	between, err := e.client.read(ctx, false)
 	require.NoError(t, err)
 	require.Contains(t, between.tombstones, "n")
 	applyRead(between)
-	w.apply(upEvent.Payload)
+	w.receive(e.client.Keys().Events, upEvent.Payload)
 	require.False(t, hasID(w, "n"), "an up event older than the tombstone revived the node")
 
 	require.NoError(t, e.client.Register(ctx, n))
@@ -435,6 +435,7 @@ func TestWatcherPrunes(t *testing.T) {
 	require.NoError(t, e.client.Register(ctx, back))
 	require.NoError(t, e.client.Register(ctx, dead))
 	registered := time.Now()
+	waitFor(t, func() bool { return w.Snapshot().Known("dead-model") && w.Snapshot().Known("back-model") }, "both nodes to be seen")
 	waitFor(t, func() bool { return !hasID(w, "dead") && !hasID(w, "back") }, "both nodes to expire")
 	require.True(t, w.Snapshot().Known("dead-model"), "an expired node's models stay known")
 	require.NoError(t, e.client.Register(ctx, back))
