@@ -63,6 +63,23 @@ func openRegistry(fs *pflag.FlagSet) (*registry.Client, error) {
 	return registry.Open(redisURL, prefix)
 }
 
+// LoadFlags adds --load-interval, how often an agent publishes its node's
+// engine load.
+func LoadFlags(fs *pflag.FlagSet) {
+	fs.Duration("load-interval", registry.DefaultLoadInterval,
+		"how often the node's engine load (vLLM's or SGLang's /metrics) is read and published; 0: never")
+}
+
+// LoadInterval returns the Agent.LoadInterval that the flag of LoadFlags
+// asks for.
+func LoadInterval(fs *pflag.FlagSet) time.Duration {
+	d, _ := fs.GetDuration("load-interval")
+	if d <= 0 {
+		return -1 // never
+	}
+	return d
+}
+
 // nodeFlags adds the flags that describe a node.
 func nodeFlags(fs *pflag.FlagSet) {
 	fs.String("id", "", "node ID (default: the URL's host:port)")
@@ -131,7 +148,7 @@ func NewLogger() *zap.Logger {
 
 func registerCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "register --url <node-url> [--id <id>] [--models a,b] [--max-concurrency N] [--weight W] [--ttl 15s] [--once]",
+		Use:   "register --url <node-url> [--id <id>] [--models a,b] [--max-concurrency N] [--weight W] [--ttl 15s] [--load-interval 1s] [--once]",
 		Short: "Registers a node and keeps it alive with heartbeats",
 		Long: `
 Registers the node at --url. Without --once it stays up as the node's
@@ -143,6 +160,11 @@ The agent probes the node before every heartbeat: GET /health must answer
 2xx) within 2s. A node that fails is registered unhealthy (no requests, its
 models stay known) until a probe passes again. Without --models, the
 registered models follow the node's /v1/models.
+
+Every --load-interval (1s) the agent also reads the engine's load from the
+node's /metrics (vLLM's running and waiting requests and KV-cache usage, or
+SGLang's) and publishes it to every ai-lb replica, which weighs it in the
+p2c cost; a node without such metrics (Ollama) publishes nothing.
 
 SIGUSR1 drains the node: it gets no new requests while its streams finish,
 and stays registered (draining) until SIGINT or SIGTERM deregisters it.
@@ -171,7 +193,8 @@ and stays registered (draining) until SIGINT or SIGTERM deregisters it.
 			drain := make(chan os.Signal, 1)
 			signal.Notify(drain, syscall.SIGUSR1)
 			defer signal.Stop(drain)
-			agent := &registry.Agent{Client: client, Node: node, Logger: NewLogger(), KeepModels: fs.Changed("models"), Drain: drain}
+			agent := &registry.Agent{Client: client, Node: node, Logger: NewLogger(), KeepModels: fs.Changed("models"), Drain: drain,
+				LoadInterval: LoadInterval(fs)}
 			return agent.Run(ctx)
 		},
 	}
@@ -180,6 +203,7 @@ and stays registered (draining) until SIGINT or SIGTERM deregisters it.
 	nodeFlags(fs)
 	fs.String("url", "", "the node's base URL, e.g. http://10.0.0.5:8000 (required)")
 	fs.Bool("once", false, "register once and exit instead of heartbeating")
+	LoadFlags(fs)
 	return cmd
 }
 
@@ -268,6 +292,10 @@ type jsonEntry struct {
 	Live          bool           `json:"live"`
 	State         string         `json:"state"`
 	HeartbeatAgeS float64        `json:"heartbeat_age_s"`
+	// Load is the engine load its agent published last, and LoadAgeS
+	// its age.
+	Load     *registry.LoadFigures `json:"load,omitempty"`
+	LoadAgeS *float64              `json:"load_age_s,omitempty"`
 }
 
 // state names what ai-lb does with a registered node: live (routed),
@@ -293,6 +321,10 @@ func jsonEntries(entries []registry.Entry) []jsonEntry {
 		if e.Err != nil {
 			j.Error = e.Err.Error()
 		}
+		if e.Load != nil {
+			age := e.LoadAge.Seconds()
+			j.Load, j.LoadAgeS = e.Load, &age
+		}
 		out = append(out, j)
 	}
 	return out
@@ -300,18 +332,28 @@ func jsonEntries(entries []registry.Entry) []jsonEntry {
 
 func printTable(entries []registry.Entry) {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATE\tURL\tMODELS\tMAX\tWEIGHT\tHEARTBEAT")
+	fmt.Fprintln(tw, "ID\tSTATE\tURL\tMODELS\tMAX\tWEIGHT\tHEARTBEAT\tLOAD")
 	for _, e := range entries {
 		if e.Err != nil {
-			fmt.Fprintf(tw, "%s\t%s\t%v\t\t\t\t\n", e.ID, state(e), e.Err)
+			fmt.Fprintf(tw, "%s\t%s\t%v\t\t\t\t\t\n", e.ID, state(e), e.Err)
 			continue
 		}
 		maxConc := "-"
 		if e.Node.MaxConcurrency > 0 {
 			maxConc = fmt.Sprint(e.Node.MaxConcurrency)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%g\t%s ago\n", e.ID, state(e), e.Node.URL,
-			strings.Join(e.Node.Models, ","), maxConc, e.Node.EffectiveWeight(), e.Age.Round(time.Millisecond))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%g\t%s ago\t%s\n", e.ID, state(e), e.Node.URL,
+			strings.Join(e.Node.Models, ","), maxConc, e.Node.EffectiveWeight(), e.Age.Round(time.Millisecond), loadColumn(e))
 	}
 	tw.Flush()
+}
+
+// loadColumn shows the engine load of an entry: "3 running, 1 waiting,
+// kv 42% (0.4s ago)", or "-".
+func loadColumn(e registry.Entry) string {
+	if e.Load == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%g running, %g waiting, kv %.0f%% (%s ago)", e.Load.Running, e.Load.Waiting,
+		e.Load.KVCacheUsage*100, e.LoadAge.Round(time.Millisecond))
 }

@@ -35,7 +35,8 @@ func simnodeCommand() *cobra.Command {
 Runs a simulated LLM inference server (OpenAI chat/completions/embeddings,
 SSE streaming, vLLM metric names) for demos, tests and benchmarks. With
 --register it also registers itself in the ai-lb registry and heartbeats
-until it is stopped, then deregisters.
+until it is stopped, then deregisters; every --load-interval it publishes
+the running and waiting requests of its /metrics, as an agent does for vLLM.
 `,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -71,7 +72,7 @@ until it is stopped, then deregisters.
 				}
 				defer client.Close()
 				agentDone = make(chan error, 1)
-				agent := &registry.Agent{Client: client, Node: regNode, Logger: logger}
+				agent := &registry.Agent{Client: client, Node: regNode, Logger: logger, LoadInterval: cli.LoadInterval(fs)}
 				go func() { agentDone <- agent.Run(ctx) }()
 			}
 			select {
@@ -102,5 +103,6 @@ until it is stopped, then deregisters.
 	fs.Float64("weight", 1, "registered weight")
 	fs.StringToString("label", nil, "registered labels, key=value (repeatable)")
 	fs.Duration("ttl", registry.DefaultTTL, "registered TTL; heartbeats run every ttl/3")
+	cli.LoadFlags(fs)
 	return cmd
 }
