@@ -18,7 +18,7 @@ import (
 
 // LoadFigures is one node's engine load as its agent publishes it: the
 // message on the load channel and the value in the load hash (see Keys),
-// one JSON object of about 55 bytes plus the node ID:
+// one JSON object of 46 to about 62 bytes plus the node ID:
 //
 //	{"t":1717171717171,"id":"gpu-7","r":3,"w":1,"kv":0.42,"max":8}
 //
