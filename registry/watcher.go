@@ -29,6 +29,11 @@ type WatcherOptions struct {
 	// as they arrive and from the load hash at every resync. Without it
 	// the watcher ignores load figures.
 	Health *health.Tracker
+	// Admit, when set, is asked whether a registered node may be routed
+	// to at each of its heartbeats; a node it refuses is left out of the
+	// snapshot as if it were not registered (not routed, not listed, its
+	// models unknown).
+	Admit func(*Node) bool
 }
 
 // Watcher keeps an in-memory Snapshot of the live nodes of one registry,
@@ -66,6 +71,8 @@ type tracked struct {
 	// live: its TTL counts from there, so its agent has one TTL to
 	// heartbeat again. Zero when it has none.
 	grace time.Time
+	// refused: WatcherOptions.Admit refused the node.
+	refused bool
 }
 
 // NewWatcher starts watching the registry client serves. The watcher never
@@ -399,6 +406,7 @@ func (w *Watcher) heartbeat(m *Member, beat int64, seen time.Time) bool {
 		}
 		next.grace = old.grace
 	}
+	next.refused = w.opts.Admit != nil && !w.opts.Admit(next.member.Node)
 	w.nodes[m.ID] = next
 	return true
 }
@@ -432,7 +440,7 @@ func live(t *tracked, now time.Time) bool {
 // routable reports whether a tracked node is offered requests at now: it is
 // live, and neither its agent nor an operator took it out.
 func routable(t *tracked, now time.Time) bool {
-	return live(t, now) && t.member.Routable()
+	return live(t, now) && t.member.Routable() && !t.refused
 }
 
 // inGrace reports whether a tracked node is within the TTL it was granted
@@ -460,6 +468,9 @@ func (w *Watcher) rebuild(now time.Time) {
 		if routable(t, now) {
 			members = append(members, t.member)
 			continue
+		}
+		if t.refused {
+			continue // as if not registered: its models stay unknown
 		}
 		for _, model := range t.member.Models {
 			dormant[model] = true
