@@ -7,13 +7,16 @@ import (
 	"time"
 )
 
-// apiError is an error in the OpenAI API's format.
+// apiError is an error in the OpenAI API's format. On Ollama's API it is
+// written in Ollama's (see writeOllama).
 type apiError struct {
 	status  int
 	Message string  `json:"message"`
 	Type    string  `json:"type"`
 	Param   *string `json:"param"`
 	Code    *string `json:"code"` // null when there is none, as OpenAI's
+
+	ollama string // the message for Ollama's API, when it differs
 }
 
 // Error types, as the OpenAI API names them.
@@ -44,6 +47,11 @@ func (e *apiError) write(w http.ResponseWriter, retryAfter time.Duration) {
 	body, _ := json.Marshal(struct {
 		Error *apiError `json:"error"`
 	}{e})
+	e.send(w, body, retryAfter)
+}
+
+// send writes the error document body with the error's status.
+func (e *apiError) send(w http.ResponseWriter, body []byte, retryAfter time.Duration) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(body)))

@@ -178,16 +178,25 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// jsonEndpoints are the OpenAI endpoints whose bodies must be JSON objects
-// naming a model.
+// jsonEndpoints are the OpenAI and Ollama endpoints whose bodies must be
+// JSON objects naming a model.
 var jsonEndpoints = map[string]bool{
 	"/v1/chat/completions": true,
 	"/v1/completions":      true,
 	"/v1/embeddings":       true,
+	"/api/chat":            true,
+	"/api/generate":        true,
+	"/api/embed":           true,
+	"/api/embeddings":      true,
+	"/api/show":            true,
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	ollama := isOllamaPath(r.URL.Path)
+	if ollama && h.serveOllama(w, r) {
+		return nil
+	}
 	if r.Method == http.MethodGet || r.Method == http.MethodHead {
 		if h.serveRegistry(w, r) {
 			return nil
@@ -197,17 +206,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if r.Body != nil && r.Body != http.NoBody {
 		body, apiErr := h.readBody(r)
 		if apiErr != nil {
-			apiErr.write(w, 0)
+			h.writeError(w, r, apiErr)
 			return nil
 		}
 		fields, err := request.ParseBody(body)
+		if ollama && err == nil {
+			fields = ollamaFields(r.URL.Path, body, fields)
+		}
 		switch {
 		case err != nil && jsonEndpoints[r.URL.Path]:
-			invalidRequest(http.StatusBadRequest, "invalid_json", "", err.Error()).write(w, 0)
+			h.writeError(w, r, invalidRequest(http.StatusBadRequest, "invalid_json", "", err.Error()))
 			return nil
 		case err == nil && jsonEndpoints[r.URL.Path] && !fields.HasModel:
-			invalidRequest(http.StatusBadRequest, "missing_model", "model",
-				"you must provide a model parameter").write(w, 0)
+			missing := invalidRequest(http.StatusBadRequest, "missing_model", "model",
+				"you must provide a model parameter")
+			missing.ollama = "model is required"
+			h.writeError(w, r, missing)
 			return nil
 		case err == nil:
 			req.Model, req.Stream = fields.Model, fields.Stream
@@ -220,7 +234,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	}
 	if apiErr := h.checkAvailable(req.Model); apiErr != nil {
-		apiErr.write(w, h.retryAfter(apiErr))
+		h.writeError(w, r, apiErr)
 		return nil
 	}
 	req.Failover = &h.failover
@@ -235,8 +249,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if c := h.logger.Check(zap.WarnLevel, "request failed"); c != nil {
 		c.Write(zap.String("model", req.Model), zap.Int("status", apiErr.status), zap.Error(err))
 	}
-	apiErr.write(w, h.retryAfter(apiErr))
+	h.writeError(w, r, apiErr)
 	return nil
+}
+
+// writeError answers with an API error, in Ollama's shape on Ollama's API.
+func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, e *apiError) {
+	if isOllamaPath(r.URL.Path) {
+		e.writeOllama(w, h.retryAfter(e))
+		return
+	}
+	e.write(w, h.retryAfter(e))
 }
 
 // readBody reads the whole body, bounded by MaxBodySize. Memory grows with
@@ -309,8 +332,10 @@ func (h *Handler) checkAvailable(model string) *apiError {
 		return serverError(http.StatusServiceUnavailable, "no_nodes_available",
 			fmt.Sprintf("no node serving the model '%s' is available", model))
 	}
-	return invalidRequest(http.StatusNotFound, "model_not_found", "model",
+	notFound := invalidRequest(http.StatusNotFound, "model_not_found", "model",
 		fmt.Sprintf("The model '%s' does not exist or you do not have access to it.", model))
+	notFound.ollama = fmt.Sprintf("model %q not found", model)
+	return notFound
 }
 
 // proxyError maps an error from the rest of the route to an API error.
