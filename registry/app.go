@@ -51,6 +51,12 @@ type App struct {
 	// fields for the defaults.
 	Load *Load `json:"load,omitempty"`
 
+	// NodeAllowlist limits the addresses of the nodes ai-lb routes to: a
+	// registry entry outside it is neither routed to nor listed, and is
+	// logged once. Unset: every address but link-local and cloud metadata
+	// ones. See NodeAllowlist.
+	NodeAllowlist *NodeAllowlist `json:"node_allowlist,omitempty"`
+
 	watcher *Watcher
 	health  *health.Tracker
 	poolKey string
@@ -197,8 +203,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.Load.validate(); err != nil {
 		return err
 	}
+	allowed, err := a.NodeAllowlist.compile()
+	if err != nil {
+		return err
+	}
 	opts := WatcherOptions{Resync: time.Duration(a.ResyncInterval), LegacyKeys: a.LegacyKeys}
-	a.poolKey = fmt.Sprintf("%s|%s|%d|%t", redisURL, a.Prefix, opts.Resync, opts.LegacyKeys)
+	a.poolKey = fmt.Sprintf("%s|%s|%d|%t|%s", redisURL, a.Prefix, opts.Resync, opts.LegacyKeys, a.NodeAllowlist.key())
 	logger := ctx.Logger()
 	val, _, err := watchers.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
 		client, err := Open(redisURL, a.Prefix)
@@ -211,11 +221,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 		tracker := health.NewTracker(logger)
 		opts := opts
 		opts.Health = tracker
+		opts.Admit = newAdmission(allowed, logger).admit
 		return &pooledWatcher{watcher: NewWatcher(client, opts, logger), client: client, health: tracker}, nil
 	})
 	if err != nil {
 		a.poolKey = ""
-		return fmt.Errorf("redis: %v", err)
+		return fmt.Errorf("redis: %v", redactedError(err, redisURL))
 	}
 	pooled := val.(*pooledWatcher)
 	a.watcher, a.health = pooled.watcher, pooled.health

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"fmt"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -29,6 +30,14 @@ import (
 //			ttft_half_life <duration>
 //			staleness      <duration>
 //			prefill_tokens <n>
+//		}
+//		node_allowlist {
+//			networks      <cidr or address...>
+//			hosts         <pattern...>
+//			schemes       <http|https...>
+//			deny_networks <cidr or address...>
+//			deny_hosts    <pattern...>
+//			allow_link_local
 //		}
 //	}
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -65,6 +74,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "load":
 			if err := a.parseLoad(d); err != nil {
+				return err
+			}
+		case "node_allowlist":
+			if err := a.parseNodeAllowlist(d); err != nil {
 				return err
 			}
 		default:
@@ -147,6 +160,54 @@ func (a *App) parseLoad(d *caddyfile.Dispenser) error {
 		if d.NextArg() {
 			return d.ArgErr()
 		}
+	}
+	return nil
+}
+
+// parseNodeAllowlist reads a `node_allowlist { ... }` block. A list may
+// span several lines of the same option.
+func (a *App) parseNodeAllowlist(d *caddyfile.Dispenser) error {
+	l := new(NodeAllowlist)
+	a.NodeAllowlist = l
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	checkScheme := func(s string) error {
+		if s != "http" && s != "https" {
+			return fmt.Errorf("not http or https")
+		}
+		return nil
+	}
+	checkNetwork := func(s string) error { _, err := ParseNetwork(s); return err }
+	lists := map[string]struct {
+		into  *[]string
+		check func(string) error
+	}{
+		"networks":      {&l.Networks, checkNetwork},
+		"deny_networks": {&l.DenyNetworks, checkNetwork},
+		"hosts":         {&l.Hosts, CheckHostPattern},
+		"deny_hosts":    {&l.DenyHosts, CheckHostPattern},
+		"schemes":       {&l.Schemes, checkScheme},
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		option := d.Val()
+		args := d.RemainingArgs()
+		list, isList := lists[option]
+		switch {
+		case option == "allow_link_local" && len(args) == 0:
+			l.AllowLinkLocal = true
+			continue
+		case option != "allow_link_local" && !isList:
+			return d.Errf("unrecognized node_allowlist option '%s'", option)
+		case option == "allow_link_local" || len(args) == 0:
+			return d.ArgErr()
+		}
+		for _, arg := range args {
+			if err := list.check(arg); err != nil {
+				return d.Errf("parsing node_allowlist %s %q: %v", option, arg, err)
+			}
+		}
+		*list.into = append(*list.into, args...)
 	}
 	return nil
 }
