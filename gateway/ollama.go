@@ -1,14 +1,13 @@
 package gateway
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/ai-lb/ai-lb/internal/ollamaapi"
 	"github.com/ai-lb/ai-lb/registry"
 	"github.com/ai-lb/ai-lb/request"
 )
@@ -67,9 +66,9 @@ func (h *Handler) serveOllama(w http.ResponseWriter, r *http.Request) bool {
 	}
 	switch path {
 	case "/api/tags":
-		writeJSON(w, http.StatusOK, ollamaList{Models: ollamaModels(h.snapshot(), false)})
+		writeJSON(w, http.StatusOK, ollamaapi.List{Models: ollamaModels(h.snapshot(), false)})
 	case "/api/ps":
-		writeJSON(w, http.StatusOK, ollamaList{Models: ollamaModels(h.snapshot(), true)})
+		writeJSON(w, http.StatusOK, ollamaapi.List{Models: ollamaModels(h.snapshot(), true)})
 	case "/api/version":
 		writeJSON(w, http.StatusOK, map[string]string{"version": ollamaVersion})
 	default:
@@ -94,13 +93,8 @@ func (e *apiError) writeOllama(w http.ResponseWriter, retryAfter time.Duration) 
 	if msg == "" {
 		msg = e.Message
 	}
-	body, _ := json.Marshal(ollamaError{Error: msg})
+	body, _ := json.Marshal(ollamaapi.Error{Error: msg})
 	e.send(w, body, retryAfter)
-}
-
-// ollamaError is Ollama's error document.
-type ollamaError struct {
-	Error string `json:"error"`
 }
 
 // ollamaStreamed are the Ollama endpoints that stream unless the body says
@@ -129,51 +123,22 @@ func ollamaFields(path string, body []byte, f request.BodyFields) request.BodyFi
 	return f
 }
 
-// ollamaList is the body of GET /api/tags and /api/ps.
-type ollamaList struct {
-	Models []ollamaModel `json:"models"`
-}
-
-// ollamaModel is one model of /api/tags or /api/ps. The registry knows a
-// model's name only: the fields it cannot know are zero, and the digest
-// is one of the name, so that a client caching what it learnt of a model
-// by digest keeps each model apart.
-type ollamaModel struct {
-	Name       string        `json:"name"`
-	Model      string        `json:"model"`
-	ModifiedAt time.Time     `json:"modified_at"`
-	Size       int64         `json:"size"`
-	Digest     string        `json:"digest"`
-	Details    ollamaDetails `json:"details"`
-	// /api/ps only.
-	ExpiresAt *time.Time `json:"expires_at,omitempty"`
-	SizeVRAM  *int64     `json:"size_vram,omitempty"`
-}
-
-type ollamaDetails struct {
-	ParentModel       string   `json:"parent_model"`
-	Format            string   `json:"format"`
-	Family            string   `json:"family"`
-	Families          []string `json:"families"`
-	ParameterSize     string   `json:"parameter_size"`
-	QuantizationLevel string   `json:"quantization_level"`
-}
-
 // ollamaModels lists the models of the live nodes by their full names,
-// sorted, each once; with running, in /api/ps's form. Until nodes publish
-// which models they have loaded, /api/ps lists the models they serve.
-func ollamaModels(snap *registry.Snapshot, running bool) []ollamaModel {
-	models := make([]ollamaModel, 0, len(snap.Models()))
+// sorted, each once; with running, in /api/ps's form. The registry knows a
+// model's name only: the fields it cannot know are zero, and the digest is
+// one of the name (ollamaapi.NameDigest). Until nodes publish which models
+// they have loaded, /api/ps lists the models they serve.
+func ollamaModels(snap *registry.Snapshot, running bool) []ollamaapi.Model {
+	models := make([]ollamaapi.Model, 0, len(snap.Models()))
 	for _, id := range snap.Models() {
 		name := request.ModelName(id)
-		sum := sha256.Sum256([]byte(name))
-		m := ollamaModel{Name: name, Model: name, Digest: hex.EncodeToString(sum[:]),
-			Details: ollamaDetails{Families: []string{}}}
+		m := ollamaapi.Model{Name: name, Model: name, Digest: ollamaapi.NameDigest(name),
+			Details: ollamaapi.Details{Families: []string{}}}
 		if running {
-			m.ExpiresAt, m.SizeVRAM = new(time.Time), new(int64)
+			m.ExpiresAt = new(time.Time)
 		}
 		models = append(models, m)
 	}
-	slices.SortFunc(models, func(a, b ollamaModel) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(models, func(a, b ollamaapi.Model) int { return strings.Compare(a.Name, b.Name) })
 	return models
 }
