@@ -25,11 +25,16 @@ import (
 //	GET  /sim/config            the current Config (durations as strings)
 //	POST /sim/config            partial Config update, e.g. {"ttft":"250ms"}
 //	POST /sim/reset             Reset
+//	     /api/...               Ollama's API (see serveOllama)
 //
 // Every response has the header X-Sim-Node set to the node's ID.
 func (n *Node) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	snap := n.cfg.Load()
 	w.Header()["X-Sim-Node"] = snap.nodeHeader
+	if strings.HasPrefix(r.URL.Path, "/api/") {
+		n.serveOllama(w, r, snap)
+		return
+	}
 	switch r.URL.Path {
 	case "/v1/chat/completions":
 		n.serveGenerate(w, r, snap, kindChat)
