@@ -90,10 +90,16 @@ func waitCancelled(w http.ResponseWriter, r *http.Request) error {
 }
 
 func sse(w http.ResponseWriter, events ...string) error {
-	w.Header().Set("Content-Type", "text/event-stream")
+	return stream(w, "text/event-stream", events...)
+}
+
+// stream answers 200 with parts written and flushed one by one, as
+// reverse_proxy copies a stream.
+func stream(w http.ResponseWriter, contentType string, parts ...string) error {
+	w.Header().Set("Content-Type", contentType)
 	w.WriteHeader(http.StatusOK)
-	for _, e := range events {
-		if _, err := w.Write([]byte(e)); err != nil {
+	for _, part := range parts {
+		if _, err := w.Write([]byte(part)); err != nil {
 			panic(http.ErrAbortHandler) // as reverse_proxy does
 		}
 		_ = http.NewResponseController(w).Flush()

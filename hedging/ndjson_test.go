@@ -117,15 +117,7 @@ func TestAttemptNDJSONLongLineWins(t *testing.T) {
 }
 
 func ndjson(w http.ResponseWriter, records ...string) error {
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
-	for _, rec := range records {
-		if _, err := w.Write([]byte(rec)); err != nil {
-			panic(http.ErrAbortHandler) // as reverse_proxy does
-		}
-		_ = http.NewResponseController(w).Flush()
-	}
-	return nil
+	return stream(w, "application/x-ndjson", records...)
 }
 
 // TestServeNDJSONErrorRecordFailsOver: an error record before content is a
