@@ -21,6 +21,12 @@ import (
 //		stream_header_timeout <duration>
 //		retry_budget     <fraction or percent, e.g. 0.2 or 20%>
 //		retry_budget_min <n>
+//		api_keys {
+//			file     <path>
+//			env      <variable>
+//			registry
+//			refresh  <duration>
+//		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -29,6 +35,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for d.NextBlock(0) {
 		option := d.Val()
+		if option == "api_keys" {
+			if err := h.parseAPIKeys(d); err != nil {
+				return err
+			}
+			continue
+		}
 		if !d.NextArg() {
 			return d.ArgErr()
 		}
@@ -80,6 +92,43 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.RetryBudget = &f
 		default:
 			return d.Errf("unrecognized ai_lb option '%s'", option)
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	return nil
+}
+
+// parseAPIKeys reads an `api_keys { ... }` block.
+func (h *Handler) parseAPIKeys(d *caddyfile.Dispenser) error {
+	k := new(APIKeys)
+	h.APIKeys = k
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		option := d.Val()
+		if option == "registry" {
+			k.Registry = true
+		} else {
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			switch option {
+			case "file":
+				k.File = d.Val()
+			case "env":
+				k.Env = d.Val()
+			case "refresh":
+				dur, err := caddy.ParseDuration(d.Val())
+				if err != nil {
+					return d.Errf("parsing api_keys refresh: %v", err)
+				}
+				k.Refresh = caddy.Duration(dur)
+			default:
+				return d.Errf("unrecognized api_keys option '%s'", option)
+			}
 		}
 		if d.NextArg() {
 			return d.ArgErr()

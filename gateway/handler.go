@@ -78,7 +78,12 @@ type Handler struct {
 	// so that a quiet service can still fail over. Unset (nil): 5.
 	RetryBudgetMin *int `json:"retry_budget_min,omitempty"`
 
-	minNodes int // MinNodes, or its default
+	// APIKeys, when set, requires an API key on every request but GET
+	// /health; see APIKeys.
+	APIKeys *APIKeys `json:"api_keys,omitempty"`
+
+	minNodes int      // MinNodes, or its default
+	keys     *keyring // the accepted API keys, nil without APIKeys
 	failover request.Failover
 	runner   *hedging.Runner
 	snapshot func() *registry.Snapshot // the registry's live nodes, now
@@ -112,7 +117,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.snapshot = app.Snapshot
-	return nil
+	return h.provisionKeys(app)
 }
 
 // setDefaults fills in the unset settings.
@@ -193,6 +198,9 @@ var jsonEndpoints = map[string]bool{
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !h.authorize(w, r) {
+		return nil
+	}
 	ollama := isOllamaPath(r.URL.Path)
 	if ollama && h.serveOllama(w, r) {
 		return nil
