@@ -23,10 +23,11 @@ import (
 //
 // A probe is healthy when GET <url>/health answers 2xx (vLLM, SGLang,
 // llama.cpp, TGI), or, for a server without /health (Ollama), when /health
-// answers 404 and GET <url>/v1/models answers 2xx. Any other answer, a
+// answers 404 and its models can be read (FetchModels). Any other answer, a
 // connection error, or no answer within ProbeTimeout (a hung node) fails it.
 // Unless KeepModels is set, every probe also reads /v1/models, and the
-// registered models follow the node's.
+// registered models follow the node's. A node without /v1/models (404) is
+// read through Ollama's /api/tags instead (see FetchModels).
 //
 // Every LoadInterval it also reads the engine's load from the node's
 // Prometheus /metrics (see ParseEngineMetrics) and publishes it to every
@@ -176,36 +177,54 @@ func (a *Agent) probe(ctx context.Context, timeout time.Duration) ([]string, err
 	return models, nil
 }
 
-// FetchModels reads the models a node's GET /v1/models lists.
+// FetchModels reads the models a node lists: its GET /v1/models, or for a
+// server without that (404) its Ollama GET /api/tags.
 func FetchModels(ctx context.Context, nodeURL string) ([]string, error) {
-	u, err := nodeEndpoint(nodeURL, "/v1/models")
+	models, status, err := fetchModels(ctx, nodeURL, "/v1/models")
+	if status == http.StatusNotFound {
+		models, _, err = fetchModels(ctx, nodeURL, "/api/tags")
+	}
+	return models, err
+}
+
+// fetchModels reads the models of a list at path, in OpenAI's form
+// ({"data":[{"id"}]}) or Ollama's ({"models":[{"name"}]}), and returns
+// the answer's status too.
+func fetchModels(ctx context.Context, nodeURL, path string) ([]string, int, error) {
+	u, err := nodeEndpoint(nodeURL, path)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	resp, err := get(ctx, u)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
+		return nil, resp.StatusCode, fmt.Errorf("GET %s: %s", u, resp.Status)
 	}
 	var list struct {
 		Data []struct {
 			ID string `json:"id"`
 		} `json:"data"`
+		Models []struct {
+			Name string `json:"name"`
+		} `json:"models"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
-		return nil, fmt.Errorf("GET %s: %v", u, err)
+		return nil, resp.StatusCode, fmt.Errorf("GET %s: %v", u, err)
 	}
 	var models []string
 	for _, m := range list.Data {
 		models = append(models, m.ID)
 	}
-	if len(models) == 0 {
-		return nil, fmt.Errorf("GET %s: no models listed", u)
+	for _, m := range list.Models {
+		models = append(models, m.Name)
 	}
-	return models, nil
+	if len(models) == 0 {
+		return nil, resp.StatusCode, fmt.Errorf("GET %s: no models listed", u)
+	}
+	return models, resp.StatusCode, nil
 }
 
 // nodeEndpoint returns the URL of path on a node whose registered URL may
