@@ -83,7 +83,7 @@ func LoadInterval(fs *pflag.FlagSet) time.Duration {
 // nodeFlags adds the flags that describe a node.
 func nodeFlags(fs *pflag.FlagSet) {
 	fs.String("id", "", "node ID (default: the URL's host:port)")
-	fs.StringSlice("models", nil, "served models, comma-separated (default: asked from the node's /v1/models)")
+	fs.StringSlice("models", nil, "served models, comma-separated (default: asked from the node's /v1/models, or Ollama's /api/tags)")
 	fs.Int("max-concurrency", 0, "most concurrent requests per ai-lb replica (0: no limit)")
 	fs.Float64("weight", 1, "relative capacity")
 	fs.StringToString("label", nil, "labels, key=value (repeatable)")
@@ -159,7 +159,8 @@ The agent probes the node before every heartbeat: GET /health must answer
 2xx (or 404, for a server without /health, with GET /v1/models answering
 2xx) within 2s. A node that fails is registered unhealthy (no requests, its
 models stay known) until a probe passes again. Without --models, the
-registered models follow the node's /v1/models.
+registered models follow the node's /v1/models; a server without it
+(Ollama without its OpenAI API) is read through GET /api/tags instead.
 
 Every --load-interval (1s) the agent also reads the engine's load from the
 node's /metrics (vLLM's running and waiting requests and KV-cache usage, or
