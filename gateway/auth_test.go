@@ -250,33 +250,34 @@ func TestAPIKeysSources(t *testing.T) {
 }
 
 func TestAPIKeysCaddyfile(t *testing.T) {
-	var h Handler
-	require.NoError(t, h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`ai_lb {
-		max_body_size 1MB
-		api_keys {
-			file /run/secrets/ai-lb-keys
-			env AI_LB_API_KEYS
-			registry
-			refresh 2s
-		}
-		min_nodes 2
-	}`)))
-	require.Equal(t, &APIKeys{File: "/run/secrets/ai-lb-keys", Env: "AI_LB_API_KEYS", Registry: true,
-		Refresh: caddy.Duration(2 * time.Second)}, h.APIKeys)
-	require.Equal(t, 2, *h.MinNodes)
-
-	for input, want := range map[string]string{
-		"api_keys {\n refresh soon\n}":     "parsing api_keys refresh",
-		"api_keys {\n header x-api-key\n}": "unrecognized api_keys option 'header'",
-		"api_keys {\n file\n}":             "wrong argument count",
-		"api_keys {\n registry yes\n}":     "wrong argument count",
-		"api_keys {\n env A B\n}":          "wrong argument count",
-		"api_keys sk-inline-key":           "wrong argument count",
+	for _, tc := range []struct {
+		block string
+		want  *APIKeys // nil: an error containing err
+		err   string
+	}{
+		{block: "file /run/secrets/ai-lb-keys\n env AI_LB_API_KEYS\n registry\n refresh 2s",
+			want: &APIKeys{File: "/run/secrets/ai-lb-keys", Env: "AI_LB_API_KEYS", Registry: true, Refresh: caddy.Duration(2 * time.Second)}},
+		{block: "registry", want: &APIKeys{Registry: true}},
+		{block: "refresh soon", err: "parsing api_keys refresh"},
+		{block: "header x-api-key", err: "unrecognized api_keys option 'header'"},
+		{block: "file", err: "wrong argument count"},
+		{block: "registry yes", err: "wrong argument count"},
+		{block: "env A B", err: "wrong argument count"},
 	} {
 		var h Handler
-		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("ai_lb {\n" + input + "\n}"))
-		require.ErrorContains(t, err, want, input)
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("ai_lb {\n max_body_size 1MB\n api_keys {\n " +
+			tc.block + "\n }\n min_nodes 2\n}"))
+		if tc.want == nil {
+			require.ErrorContains(t, err, tc.err, tc.block)
+			continue
+		}
+		require.NoError(t, err, tc.block)
+		require.Equal(t, tc.want, h.APIKeys)
+		require.Equal(t, 2, *h.MinNodes, "options after the block are read")
 	}
+	var h Handler
+	require.ErrorContains(t, h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("ai_lb {\n api_keys sk-inline-key\n}")),
+		"wrong argument count", "keys are never inline")
 }
 
 func TestBearer(t *testing.T) {
