@@ -125,7 +125,12 @@ func chatBody(model string, stream bool, content string) string {
 
 // post sends a chat completion with an X-Request-Id and reads the answer.
 func post(ctx context.Context, base, id, body string) (answer, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/chat/completions", strings.NewReader(body))
+	return postTo(ctx, base+"/v1/chat/completions", id, body)
+}
+
+// postTo posts a JSON body to url with an X-Request-Id and reads the answer.
+func postTo(ctx context.Context, url, id, body string) (answer, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
 	if err != nil {
 		return answer{}, err
 	}
