@@ -36,6 +36,7 @@ COPY cli/ cli/
 COPY gateway/ gateway/
 COPY health/ health/
 COPY hedging/ hedging/
+COPY internal/ollamaapi/ internal/ollamaapi/
 COPY registry/ registry/
 COPY request/ request/
 COPY selection/ selection/
