@@ -21,7 +21,8 @@ type EngineLoad struct {
 	// MaxRunning is how many requests the engine runs at once, when it
 	// says (vLLM's max_num_seqs); 0 when unknown.
 	MaxRunning float64 `json:"max_running,omitempty"`
-	// At is when the figures were read, by the agent's clock.
+	// At is when the figures were read, as a local time of this process
+	// (the registry dates them without comparing clocks across hosts).
 	At time.Time `json:"at"`
 }
 
