@@ -71,13 +71,16 @@ RUN addgroup -S -g 10001 ailb \
  && caddy list-modules | grep -qx 'http.handlers.ai_lb'
 
 # REDIS_URL: the node registry; the Caddyfile reads {env.REDIS_URL} and the
-#   `caddy ai-lb ...` subcommands default --redis to it.
+#   `caddy ai-lb ...` subcommands default --redis to it. A deployment sets
+#   its own, with its Redis user and password (DEPLOYMENT.md).
 # CADDY_ADMIN: Caddy's default admin address (read by Caddy at startup when
-#   the config sets none). 0.0.0.0 makes the admin API reachable from the
-#   other containers of the network (live reconfiguration, `caddy reload`).
-#   NEVER publish port 2019: the admin API has no authentication.
+#   the config sets none, and by `caddy reload` run in the container). The
+#   admin API has no authentication, so it listens on the container's
+#   loopback: `docker compose exec load_balancer caddy reload ...` reaches
+#   it, other containers do not. Never make it 0.0.0.0 on a network that
+#   clients or agents share, and never publish port 2019.
 ENV REDIS_URL=redis://redis:6379 \
-    CADDY_ADMIN=0.0.0.0:2019
+    CADDY_ADMIN=localhost:2019
 
 USER 10001:10001
 

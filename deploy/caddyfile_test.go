@@ -47,8 +47,12 @@ type adaptedConfig struct {
 	} `json:"admin"`
 	Apps struct {
 		AILB *struct {
-			Redis  string `json:"redis"`
-			Prefix string `json:"prefix"`
+			Redis         string `json:"redis"`
+			Prefix        string `json:"prefix"`
+			NodeAllowlist *struct {
+				DenyNetworks []string `json:"deny_networks"`
+				DenyHosts    []string `json:"deny_hosts"`
+			} `json:"node_allowlist"`
 		} `json:"ai_lb"`
 		HTTP struct {
 			Servers map[string]struct {
@@ -62,29 +66,58 @@ type adaptedConfig struct {
 }
 
 func TestOpenClawCaddyfile(t *testing.T) {
-	var cfg adaptedConfig
-	require.NoError(t, json.Unmarshal(adaptCaddyfile(t, filepath.Join("openclaw", "Caddyfile")), &cfg))
+	t.Setenv("AI_LB_API_KEYS", testSecrets["AI_LB_API_KEY"])
+	cfg := checkDeployCaddyfile(t, filepath.Join("openclaw", "Caddyfile"))
+	require.Equal(t, "localhost:2019", cfg.Admin.Listen, "the admin API stays on the container's loopback")
 
-	// The admin API listens on the container network, and lets `caddy
-	// reload` in (inside the container, and --address load_balancer:2019).
-	require.Equal(t, "0.0.0.0:2019", cfg.Admin.Listen)
-	require.Subset(t, cfg.Admin.Origins, []string{"load_balancer:2019", "0.0.0.0:2019"})
-
-	require.NotNil(t, cfg.Apps.AILB)
-	require.Equal(t, "{env.REDIS_URL}", cfg.Apps.AILB.Redis)
-
-	// One site on :8000 that runs ai_lb -> hedge -> reverse_proxy.
-	srv, ok := cfg.Apps.HTTP.Servers["srv0"]
-	require.True(t, ok)
-	require.Equal(t, []string{":8000"}, srv.Listen)
-	require.Len(t, srv.Routes, 1)
+	// One site on :8000 that runs ai_lb -> hedge -> reverse_proxy, and
+	// requires the API key OpenClaw is given.
+	srv := cfg.Apps.HTTP.Servers["srv0"]
 	var handlers []string
 	for _, h := range srv.Routes[0].Handle {
 		handlers = append(handlers, fmt.Sprint(h["handler"]))
 	}
 	require.Equal(t, []string{"ai_lb", "hedge", "reverse_proxy"}, handlers)
+	require.Equal(t, map[string]any{"env": "AI_LB_API_KEYS"}, srv.Routes[0].Handle[0]["api_keys"])
 	rp := srv.Routes[0].Handle[2]
 	require.Equal(t, map[string]any{"source": "ai_lb"}, rp["dynamic_upstreams"])
+}
+
+// TestRootCaddyfile: the root stack's config is the image's, with the
+// deployment's node allowlist.
+func TestRootCaddyfile(t *testing.T) {
+	cfg := checkDeployCaddyfile(t, filepath.Join("Caddyfile"))
+	require.Empty(t, cfg.Admin.Listen, "the image's CADDY_ADMIN (localhost:2019) sets the admin address")
+	example := adaptCaddyfile(t, filepath.Join(repoRoot, "Caddyfile.example"))
+	var want adaptedConfig
+	require.NoError(t, json.Unmarshal(example, &want))
+	require.Equal(t, want.Apps.HTTP, cfg.Apps.HTTP, "the same site as Caddyfile.example")
+}
+
+// checkDeployCaddyfile checks what every deployment's Caddyfile must do:
+// adapt and validate, read the registry from $REDIS_URL, refuse nodes on the
+// balancer's loopback (its admin API listens there) and at the names of
+// the services that are not nodes, keep the admin API (when it names one)
+// on loopback, and serve one site on :8000.
+func checkDeployCaddyfile(t *testing.T, path string) adaptedConfig {
+	t.Helper()
+	var cfg adaptedConfig
+	require.NoError(t, json.Unmarshal(adaptCaddyfile(t, path), &cfg))
+	if cfg.Admin.Listen != "" {
+		require.Regexp(t, `^(localhost|127\.0\.0\.1|\[::1\]):2019$`, cfg.Admin.Listen, "%s: admin", path)
+		require.NotContains(t, cfg.Admin.Origins, "0.0.0.0:2019", path)
+	}
+	require.NotNil(t, cfg.Apps.AILB, path)
+	require.Equal(t, "{env.REDIS_URL}", cfg.Apps.AILB.Redis, path)
+	allow := cfg.Apps.AILB.NodeAllowlist
+	require.NotNil(t, allow, "%s: node_allowlist", path)
+	require.Subset(t, allow.DenyNetworks, []string{"127.0.0.0/8", "::1/128"}, "%s: the balancer's loopback is refused", path)
+	require.Subset(t, allow.DenyHosts, []string{"localhost", "load_balancer", "redis"}, path)
+	srv, ok := cfg.Apps.HTTP.Servers["srv0"]
+	require.True(t, ok, path)
+	require.Equal(t, []string{":8000"}, srv.Listen, path)
+	require.Len(t, srv.Routes, 1, path)
+	return cfg
 }
 
 // TestExampleCaddyfile: the config the image ships by default (and the

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -157,18 +158,48 @@ func checkNoAdminPort(t *testing.T, c *composeFile) {
 	}
 }
 
-// checkNetwork: the compose file declares llm-mesh with that real name and
-// every service is on it.
-func checkNetwork(t *testing.T, c *composeFile) {
+// The networks of the stacks: the backend (Redis, nodes, balancers), which
+// other stacks' nodes join by name, and the front (the balancers' API port
+// and the clients that run in Docker).
+const (
+	backendNetwork = "llm-mesh"
+	frontNetwork   = "llm-api"
+)
+
+// checkNetworks: the compose file declares both networks with their real
+// names; the balancer is on both, every other service on one; the clients
+// are on the front only, where the only other members are balancers (and
+// the scale override's edge): they reach the API port and nothing else.
+func checkNetworks(t *testing.T, c *composeFile, clients ...string) {
 	t.Helper()
 	networks, ok := c.doc["networks"].(map[string]any)
 	require.True(t, ok, "%s: no top-level networks", c.path)
-	mesh, ok := networks["llm-mesh"].(map[string]any)
-	require.True(t, ok, "%s: no network llm-mesh", c.path)
-	require.Equal(t, "llm-mesh", mesh["name"], "%s: llm-mesh needs `name: llm-mesh` so other stacks can join it", c.path)
-	for name, svc := range c.services {
-		require.Contains(t, serviceNetworks(t, svc), "llm-mesh", "%s: service %s is not on llm-mesh", c.path, name)
+	for _, name := range []string{backendNetwork, frontNetwork} {
+		n, ok := networks[name].(map[string]any)
+		require.True(t, ok, "%s: no network %s", c.path, name)
+		require.Equal(t, name, n["name"], "%s: %s needs `name: %s` so other stacks can join it", c.path, name, name)
 	}
+	members := map[string][]string{}
+	for name, svc := range c.services {
+		nets := serviceNetworks(t, svc)
+		slices.Sort(nets)
+		switch {
+		case name == "load_balancer":
+			require.Equal(t, []string{frontNetwork, backendNetwork}, nets, "%s: the balancer is on both networks", c.path)
+		case slices.Contains(clients, name):
+			require.Equal(t, []string{frontNetwork}, nets, "%s: client %s is on %s only", c.path, name, frontNetwork)
+		default:
+			require.Equal(t, []string{backendNetwork}, nets, "%s: service %s is on %s only", c.path, name, backendNetwork)
+		}
+		for _, n := range nets {
+			members[n] = append(members[n], name)
+		}
+	}
+	for _, name := range members[frontNetwork] {
+		require.True(t, name == "load_balancer" || name == "edge" || slices.Contains(clients, name),
+			"%s: %s shares %s with the clients", c.path, name, frontNetwork)
+	}
+	require.NotContains(t, members[frontNetwork], "redis")
 }
 
 func serviceNetworks(t *testing.T, svc map[string]any) []string {
@@ -224,7 +255,8 @@ func dependsOnHealthy(t *testing.T, svc map[string]any, dep string) bool {
 	return ok && d["condition"] == "service_healthy"
 }
 
-// checkRedis: Redis 7 with the healthcheck the others wait for.
+// checkRedis: Redis 7 with the healthcheck the others wait for, started
+// with ACL users (checked in redis_acl_test.go), never published.
 func checkRedis(t *testing.T, c *composeFile) {
 	t.Helper()
 	redis := c.service(t, "redis")
@@ -233,6 +265,23 @@ func checkRedis(t *testing.T, c *composeFile) {
 	require.True(t, ok, "%s: redis has no healthcheck", c.path)
 	require.Subset(t, stringList(t, hc["test"]), []string{"redis-cli", "ping"})
 	require.Empty(t, ports(t, redis), "%s: Redis must not be published", c.path)
+	_, _, acl := redisACL(t, c)
+	checkACL(t, c, acl)
+	require.NotContains(t, redis, "environment", "%s: Redis gets its passwords in its ACL file only", c.path)
+}
+
+// redisURL is a REDIS_URL of the stacks: redis://<user>:${<VAR>:?...}@redis:6379.
+var redisURL = regexp.MustCompile(`^redis://([a-z-]+):\$\{([A-Z_]+):\?[^}]+\}@redis:6379$`)
+
+// checkRedisURL: a REDIS_URL names the ACL user, and its password is the
+// required variable of that user, never a literal.
+func checkRedisURL(t *testing.T, c *composeFile, service, url, user string) {
+	t.Helper()
+	m := redisURL.FindStringSubmatch(url)
+	require.NotNil(t, m, "%s: %s: REDIS_URL %q must be redis://%s:${VAR:?...}@redis:6379", c.path, service, url, user)
+	require.Equal(t, user, m[1], "%s: %s's Redis user", c.path, service)
+	want := map[string]string{"ai-lb": "AI_LB_REDIS_PASSWORD", "agent": "AI_LB_AGENT_REDIS_PASSWORD"}[user]
+	require.Equal(t, want, m[2], "%s: %s's password", c.path, service)
 }
 
 // checkBalancer: the balancer publishes the API, finds Redis and waits for it.
@@ -246,7 +295,11 @@ func checkBalancer(t *testing.T, c *composeFile) {
 			require.Equal(t, strconv.Itoa(apiPort), p.published, "%s: the API is published on host port %d", c.path, apiPort)
 		}
 	}
-	require.Equal(t, "redis://redis:6379", environment(t, lb)["REDIS_URL"])
+	env := environment(t, lb)
+	checkRedisURL(t, c, "load_balancer", env["REDIS_URL"], "ai-lb")
+	if admin, ok := env["CADDY_ADMIN"]; ok {
+		require.Regexp(t, `^(localhost|127\.0\.0\.1|\[::1\]):`, admin, "%s: the admin API stays on the container's loopback", c.path)
+	}
 	require.True(t, dependsOnHealthy(t, lb, "redis"), "%s: load_balancer must wait for a healthy redis", c.path)
 	_, hasCommand := lb["command"]
 	require.False(t, hasCommand, "%s: load_balancer runs the image's default command", c.path)
@@ -271,8 +324,9 @@ func checkSimNodes(t *testing.T, c *composeFile) []string {
 		register, err := fs.GetBool("register")
 		require.NoError(t, err)
 		require.True(t, register, "%s: %s must --register", c.path, name)
-		redisURL, _ := fs.GetString("redis")
-		require.Equal(t, "redis://redis:6379", redisURL, "%s: %s --redis", c.path, name)
+		flagURL, _ := fs.GetString("redis")
+		require.Empty(t, flagURL, "%s: %s: the Redis URL carries a password: it comes from REDIS_URL, not the command line", c.path, name)
+		checkRedisURL(t, c, name, environment(t, svc)["REDIS_URL"], "agent")
 		id, _ := fs.GetString("id")
 		require.Equal(t, name, id, "%s: %s --id (the default is the listen address, the same for every node)", c.path, name)
 		advertise, _ := fs.GetString("advertise")
@@ -296,11 +350,15 @@ func checkSimNodes(t *testing.T, c *composeFile) []string {
 func TestRootCompose(t *testing.T) {
 	c := loadCompose(t, filepath.Join(repoRoot, "docker-compose.yml"), repoRoot)
 	require.ElementsMatch(t, []string{"redis", "load_balancer", "node1", "node2"}, keys(c.services))
-	checkNetwork(t, c)
+	checkNetworks(t, c)
 	checkNoAdminPort(t, c)
 	checkRedis(t, c)
 	checkBalancer(t, c)
 	require.Equal(t, []string{"node1", "node2"}, checkSimNodes(t, c))
+
+	// The deployment's Caddyfile is mounted where the image's CMD reads it.
+	mounts := volumeSources(t, c, c.service(t, "load_balancer"), "/etc/caddy/Caddyfile")
+	require.Equal(t, []string{filepath.Join(repoRoot, "deploy", "Caddyfile")}, mounts)
 }
 
 func TestScaleOverride(t *testing.T) {
@@ -316,7 +374,7 @@ func TestScaleOverride(t *testing.T) {
 
 	edge := c.service(t, "edge")
 	require.True(t, publishes(t, edge, apiPort), "edge must publish %d", apiPort)
-	require.Contains(t, serviceNetworks(t, edge), "llm-mesh")
+	require.Equal(t, []string{frontNetwork}, serviceNetworks(t, edge), "edge reaches the replicas' API ports, never Redis")
 	require.Equal(t, "caddy:2.11.9-alpine", edge["image"])
 	require.NotContains(t, edge, "volumes", "no host paths: they would resolve differently for each stack")
 
@@ -363,7 +421,7 @@ func TestScaleOverride(t *testing.T) {
 func TestOpenClawCompose(t *testing.T) {
 	dir := "openclaw"
 	c := loadCompose(t, filepath.Join(dir, "docker-compose.yml"), dir)
-	checkNetwork(t, c)
+	checkNetworks(t, c, "openclaw")
 	checkNoAdminPort(t, c)
 	checkRedis(t, c)
 	checkBalancer(t, c)
@@ -378,8 +436,13 @@ func TestOpenClawCompose(t *testing.T) {
 	require.Equal(t, []string{"sleep", "infinity"}, stringList(t, oc["command"]))
 	env := environment(t, oc)
 	require.Equal(t, "http://load_balancer:8000/v1", env["OPENAI_BASE_URL"])
-	require.NotEmpty(t, env["OPENAI_API_KEY"])
 	require.Empty(t, ports(t, oc))
+	require.NotContains(t, env, "REDIS_URL", "the agent platform knows nothing of Redis")
+
+	// OpenClaw's key is one the balancer accepts (api_keys { env
+	// AI_LB_API_KEYS } in its Caddyfile), from one required variable.
+	require.Regexp(t, `^\$\{AI_LB_API_KEY:\?[^}]+\}$`, env["OPENAI_API_KEY"])
+	require.Equal(t, env["OPENAI_API_KEY"], environment(t, c.service(t, "load_balancer"))["AI_LB_API_KEYS"])
 
 	// The deployment's Caddyfile is mounted where the image's CMD reads it.
 	lb := c.service(t, "load_balancer")
@@ -426,4 +489,27 @@ func mappingValue(t *testing.T, n *yaml.Node, key string) *yaml.Node {
 	}
 	t.Fatalf("no key %q", key)
 	return nil
+}
+
+// TestComposeSecrets: the compose files hold no secret. Every variable
+// they use is one of the stack's secrets and is required (`${VAR:?...}`),
+// so a stack without them fails to start rather than run with an empty
+// password, and no Redis URL carries a literal password.
+func TestComposeSecrets(t *testing.T) {
+	literal := regexp.MustCompile(`redis://[^$\s/@]*:[^$\s/@{]+@`)
+	for _, path := range []string{
+		filepath.Join(repoRoot, "docker-compose.yml"),
+		filepath.Join("openclaw", "docker-compose.yml"),
+		"compose.scale.yml",
+	} {
+		raw, err := os.ReadFile(path)
+		require.NoError(t, err)
+		text := string(raw)
+		for _, m := range interpolation.FindAllStringSubmatch(text, -1) {
+			require.Contains(t, testSecrets, m[1], "%s: %s is not a secret of the stacks", path, m[0])
+			require.Equal(t, ":?", m[2], "%s: %s must be required (${%s:?message})", path, m[0], m[1])
+		}
+		require.Empty(t, literal.FindAllString(text, -1), "%s: a Redis URL with a literal password", path)
+		require.NotContains(t, interpolate(t, text, testSecrets), "${", path)
+	}
 }

@@ -51,7 +51,7 @@ func ignored(patterns []string, rel string) bool {
 
 func TestDockerignore(t *testing.T) {
 	patterns := readDockerignore(t)
-	for _, junk := range []string{".git", "bin/ai-lb", "tmp/ai-lb.log", "gateway/gateway.test"} {
+	for _, junk := range []string{".git", "bin/ai-lb", "tmp/ai-lb.log", "gateway/gateway.test", ".env", "deploy/openclaw/.env"} {
 		require.True(t, ignored(patterns, junk), ".dockerignore should exclude %s", junk)
 	}
 	for _, kept := range []string{"go.mod", "module.go", "gateway/handler.go", "scripts/build.sh", "Caddyfile.example"} {

@@ -100,6 +100,9 @@ func TestOpenClawDoc(t *testing.T) {
 			require.True(t, dependsOnHealthy(t, svc, "redis"), "%s waits for redis", name)
 			fs := ParseCaddyCommand(t, args)
 			require.Equal(t, []string{"caddy", "ai-lb", "register"}, args[:3], name)
+			flagURL, _ := fs.GetString("redis")
+			require.Empty(t, flagURL, "%s: the Redis URL carries a password: it comes from REDIS_URL", name)
+			checkRedisURL(t, c, name, environment(t, svc)["REDIS_URL"], "agent")
 			url, _ := fs.GetString("url")
 			id, _ := fs.GetString("id")
 			node := registry.Node{ID: id, URL: url, Models: []string{"m"}}

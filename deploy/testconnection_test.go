@@ -15,9 +15,10 @@ import (
 
 // fakeBalancer answers /health and a streamed chat completion like ai-lb.
 type fakeBalancer struct {
-	healthStatus int  // /health status
-	chatStatus   int  // chat/completions status
-	done         bool // end the stream with data: [DONE]
+	healthStatus int    // /health status
+	chatStatus   int    // chat/completions status
+	done         bool   // end the stream with data: [DONE]
+	key          string // when set, chat/completions requires it as a bearer key
 }
 
 func (f fakeBalancer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -30,6 +31,11 @@ func (f fakeBalancer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			status = "unavailable"
 		}
 		fmt.Fprintf(w, `{"status":%q,"nodes_found":2,"models":1,"minimum_required":1,"registry_synced":true}`, status)
+	case r.Method == http.MethodPost && r.URL.Path == "/v1/chat/completions" &&
+		f.key != "" && r.Header.Get("Authorization") != "Bearer "+f.key:
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		fmt.Fprint(w, `{"error":{"message":"Incorrect API key provided.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}`)
 	case r.Method == http.MethodPost && r.URL.Path == "/v1/chat/completions":
 		var req struct {
 			Model  string `json:"model"`
@@ -87,9 +93,12 @@ func TestConnectionScriptHost(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs test_connection.sh against a loopback HTTP server: skipped under -short")
 	}
+	envFile := filepath.Join(t.TempDir(), ".env")
+	require.NoError(t, os.WriteFile(envFile, []byte("AI_LB_REDIS_PASSWORD=x\nAI_LB_API_KEY='sk-from-env-file'\n"), 0o600))
 	cases := []struct {
 		name     string
 		fake     fakeBalancer
+		env      []string
 		code     int
 		contains []string
 	}{
@@ -114,6 +123,31 @@ func TestConnectionScriptHost(t *testing.T) {
 			contains: []string{"❌ Health check failed at ", `HTTP 503: {"status":"unavailable"`},
 		},
 		{
+			name:     "key from the environment",
+			fake:     fakeBalancer{healthStatus: 200, chatStatus: 200, done: true, key: "sk-from-env"},
+			env:      []string{"AI_LB_API_KEY=sk-from-env"},
+			contains: []string{"✅ Success! Streamed chat completion: 3 chunks"},
+		},
+		{
+			name:     "key from the stack's .env",
+			fake:     fakeBalancer{healthStatus: 200, chatStatus: 200, done: true, key: "sk-from-env-file"},
+			env:      []string{"AI_LB_ENV_FILE=" + envFile},
+			contains: []string{"✅ Success! Streamed chat completion: 3 chunks"},
+		},
+		{
+			name:     "OPENAI_API_KEY first",
+			fake:     fakeBalancer{healthStatus: 200, chatStatus: 200, done: true, key: "sk-openai"},
+			env:      []string{"OPENAI_API_KEY=sk-openai", "AI_LB_API_KEY=sk-other", "AI_LB_ENV_FILE=" + envFile},
+			contains: []string{"✅ Success! Streamed chat completion: 3 chunks"},
+		},
+		{
+			name:     "wrong key",
+			fake:     fakeBalancer{healthStatus: 200, chatStatus: 200, done: true, key: "sk-right"},
+			env:      []string{"AI_LB_API_KEY=sk-wrong"},
+			code:     1,
+			contains: []string{`❌ Streamed chat completion answered HTTP 401: {"error":{"message":"Incorrect API key provided."`},
+		},
+		{
 			name:     "completion fails",
 			fake:     fakeBalancer{healthStatus: 200, chatStatus: 502, done: true},
 			code:     1,
@@ -125,7 +159,10 @@ func TestConnectionScriptHost(t *testing.T) {
 			srv := httptest.NewServer(tc.fake)
 			defer srv.Close()
 			// A trailing /v1 is accepted, as in OPENAI_BASE_URL.
-			code, out := runTestConnection(t, []string{"AI_LB_URL=" + srv.URL + "/v1", "AI_LB_WAIT=0"}, "--host")
+			env := append([]string{"AI_LB_URL=" + srv.URL + "/v1", "AI_LB_WAIT=0", "OPENAI_API_KEY=", "AI_LB_API_KEY=",
+				"AI_LB_ENV_FILE=" + filepath.Join(t.TempDir(), "none")}, tc.env...)
+			code, out := runTestConnection(t, env, "--host")
+			require.NotContains(t, out, "sk-", "the script never prints the key")
 			require.Equal(t, tc.code, code, out)
 			for _, s := range tc.contains {
 				require.Contains(t, out, s)

@@ -17,8 +17,10 @@
 #   AI_LB_WAIT          seconds to wait for /health to answer 200 (default 60)
 #   OPENCLAW_CONTAINER  container for the in-container check
 #                       (default openclaw_agent_platform)
-#   OPENAI_API_KEY      bearer token sent in --host mode (default unused;
-#                       ai-lb does not check it)
+#   OPENAI_API_KEY      API key sent in --host mode (default: AI_LB_API_KEY
+#                       from the environment, else from AI_LB_ENV_FILE)
+#   AI_LB_ENV_FILE      the stack's .env, whose AI_LB_API_KEY is the key the
+#                       balancer requires (default: .env next to this script)
 set -euo pipefail
 
 CONTAINER="${OPENCLAW_CONTAINER:-openclaw_agent_platform}"
@@ -135,6 +137,15 @@ check_in_container() {
 	esac
 }
 
+# host_key prints the API key for the check from the host.
+host_key() {
+	local env_file="${AI_LB_ENV_FILE:-$(dirname "$0")/.env}" key="${OPENAI_API_KEY:-${AI_LB_API_KEY:-}}"
+	if [ -z "$key" ] && [ -f "$env_file" ]; then
+		key="$(sed -n 's/^AI_LB_API_KEY=//p' "$env_file" | tail -n 1 | tr -d "\"'\r")"
+	fi
+	printf '%s' "${key:-unused}"
+}
+
 check_from_host() {
 	local url="${AI_LB_URL%/}"
 	url="${url%/v1}"
@@ -161,9 +172,10 @@ check_from_host() {
 	local payload node last_data chunks
 	payload="$(printf '{"model":"%s","stream":true,"max_tokens":16,"messages":[{"role":"user","content":"Say hello in five words."}]}' "$MODEL")"
 	TMP_HEADERS="$(mktemp)"
+	# The key goes to curl through a file descriptor, not its command line.
 	out="$(curl -sS -N --max-time 60 -D "$TMP_HEADERS" -w '\n%{http_code}' \
 		-H 'Content-Type: application/json' \
-		-H "Authorization: Bearer ${OPENAI_API_KEY:-unused}" \
+		-H @<(printf 'Authorization: Bearer %s\n' "$(host_key)") \
 		--data-binary "$payload" "$url/v1/chat/completions" 2>&1)" ||
 		fail "Streamed chat completion to $url/v1/chat/completions failed: $(printf '%s' "${out%$'\n'*}")"
 	code="${out##*$'\n'}"
