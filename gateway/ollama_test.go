@@ -84,7 +84,12 @@ func TestOllamaVersion(t *testing.T) {
 // and what the rest of the route got.
 func serveOllamaPOST(t *testing.T, h *Handler, method, path, body string) (*httptest.ResponseRecorder, *recordingNext) {
 	t.Helper()
-	next := new(recordingNext)
+	return serveThrough(t, h, new(recordingNext), method, path, body)
+}
+
+// serveThrough runs a request through h with next as the rest of the route.
+func serveThrough(t *testing.T, h *Handler, next *recordingNext, method, path, body string) (*httptest.ResponseRecorder, *recordingNext) {
+	t.Helper()
 	rec := httptest.NewRecorder()
 	require.NoError(t, h.ServeHTTP(rec, httptest.NewRequest(method, path, strings.NewReader(body)), next))
 	return rec, next
@@ -150,12 +155,10 @@ func TestOllamaErrors(t *testing.T) {
 
 	// A proxy failure too.
 	h := testHandler(t, live)
-	next := &recordingNext{handler: func(http.ResponseWriter, *http.Request) error {
+	failing := &recordingNext{handler: func(http.ResponseWriter, *http.Request) error {
 		return caddyhttp.Error(http.StatusBadGateway, errors.New("dial"))
 	}}
-	rec := httptest.NewRecorder()
-	r := httptest.NewRequest(http.MethodPost, "/api/chat", strings.NewReader(`{"model":"llama3.2"}`))
-	require.NoError(t, h.ServeHTTP(rec, r, next))
+	rec, _ := serveThrough(t, h, failing, http.MethodPost, "/api/chat", `{"model":"llama3.2"}`)
 	require.Equal(t, "the inference node failed: Bad Gateway", ollamaErrorOf(t, rec, http.StatusBadGateway))
 
 	// The OpenAI paths keep the OpenAI shape.

@@ -159,6 +159,31 @@ type chunk struct {
 	} `json:"choices"`
 }
 
+// settled waits until every request of loser has ended, and returns its
+// records and those of the cluster's other nodes by request ID.
+func (c *cluster) settled(t *testing.T, loser *testNode) ([]simnode.Record, map[string]simnode.Record) {
+	t.Helper()
+	var recs []simnode.Record
+	eventually(t, 10*time.Second, func() error {
+		recs = loser.Requests()
+		for _, r := range recs {
+			if r.End.IsZero() {
+				return fmt.Errorf("request %s on %s still running", r.RequestID, loser.ID)
+			}
+		}
+		return nil
+	})
+	others := make(map[string]simnode.Record)
+	for _, n := range c.nodes {
+		if n != loser {
+			for _, r := range n.Requests() {
+				others[r.RequestID] = r
+			}
+		}
+	}
+	return recs, others
+}
+
 // checkStream checks that an SSE body is exactly one node's whole answer of
 // tokens tokens, as simnode sends it: a role chunk, one chunk per token in
 // order, a finish chunk and [DONE], all with the same completion id.
@@ -347,22 +372,7 @@ func TestHedgeSlowNodeLoses(t *testing.T) {
 	// Every request to the slow node was cancelled; for streams, before
 	// the winner's stream ended. (A non-streamed answer wins with its first
 	// byte, which simnode sends when it ends.)
-	var slowRecs []simnode.Record
-	eventually(t, 10*time.Second, func() error {
-		slowRecs = slow.Requests()
-		for _, r := range slowRecs {
-			if r.End.IsZero() {
-				return fmt.Errorf("slow request %s still running", r.RequestID)
-			}
-		}
-		return nil
-	})
-	winnerRecs := make(map[string]simnode.Record)
-	for _, n := range c.nodes[:2] {
-		for _, r := range n.Requests() {
-			winnerRecs[r.RequestID] = r
-		}
-	}
+	slowRecs, winnerRecs := c.settled(t, slow)
 	for _, r := range slowRecs {
 		a, ok := answers[r.RequestID]
 		require.True(t, ok, "slow node record for unknown request %q", r.RequestID)

@@ -365,23 +365,9 @@ func TestOllamaChatHedgedLoserCancelled(t *testing.T) {
 		require.NoError(t, checkOllamaStream(a.body, a.simNode(), tokens), "request %s", id)
 		answers[id] = a
 	}
-	slowRecs := slow.Requests()
+	slowRecs, winners := c.settled(t, slow)
 	require.GreaterOrEqual(t, len(slowRecs), 3, "too few requests went to the slow node first")
-	eventually(t, 10*time.Second, func() error {
-		for _, r := range slow.Requests() {
-			if r.End.IsZero() {
-				return fmt.Errorf("slow request %s still running", r.RequestID)
-			}
-		}
-		return nil
-	})
-	winners := make(map[string]simnode.Record)
-	for _, n := range c.nodes[:2] {
-		for _, r := range n.Requests() {
-			winners[r.RequestID] = r
-		}
-	}
-	for _, r := range slow.Requests() {
+	for _, r := range slowRecs {
 		a := answers[r.RequestID]
 		require.True(t, r.Aborted, "the slow attempt of %s was not cancelled", r.RequestID)
 		require.Equal(t, "/api/chat", r.Path)
