@@ -1,6 +1,7 @@
-// Package gateway is the OpenAI front door of ai-lb: the `ai_lb` HTTP
-// handler reads each request's model once, answers what the registry alone
-// can answer, and turns every failure into an OpenAI-style error.
+// Package gateway is the front door of ai-lb, for OpenAI's API and
+// Ollama's: the `ai_lb` HTTP handler reads each request's model once,
+// answers what the registry alone can answer, and turns every failure into
+// an error in the API's shape.
 package gateway
 
 import (
@@ -28,8 +29,9 @@ import (
 // model without decoding the whole document, and hands both to the rest
 // of the route (the hedge handler and the `dynamic ai_lb` source). It
 // answers GET /v1/models, GET /v1/models/{id} and GET /health from the
-// registry. Client errors and proxy failures come back as OpenAI-style
-// JSON errors.
+// registry, and Ollama's GET /api/tags, /api/ps and /api/version (see
+// serveOllama). Client errors and proxy failures come back as OpenAI-style
+// JSON errors, or on /api/* as Ollama's {"error":"..."}.
 //
 // It fails over: a connection failure, or a 429 or 5xx answer, before
 // any byte reached the client is retried at once on another node, within
