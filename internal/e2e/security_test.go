@@ -92,6 +92,25 @@ func guardedCaddyfile(t *testing.T, port int, g *egressGuard, globals, site stri
 `, globals, site, g.URL), port)
 }
 
+// loggedCaddyfile is a site on port with the given directives, whose
+// Caddy logs everything (debug level) to logFile.
+func loggedCaddyfile(t *testing.T, port int, logFile, site string) string {
+	return testCaddyfile(t, fmt.Sprintf(`{
+	log {
+		output file %s
+		level DEBUG
+	}
+	ai_lb {
+		redis {env.REDIS_URL}
+	}
+}
+
+:8000 {
+	%s
+}
+`, logFile, site), port)
+}
+
 // getBody GETs url and returns the status and body.
 func getBody(t *testing.T, url string) (int, string) {
 	t.Helper()
@@ -241,17 +260,7 @@ func TestAPIKeysEndToEnd(t *testing.T) {
 	t.Setenv("AI_LB_TEST_API_KEYS", envKey)
 
 	port := freePort(t)
-	startCaddy(t, testCaddyfile(t, fmt.Sprintf(`{
-	log {
-		output file %s
-		level DEBUG
-	}
-	ai_lb {
-		redis {env.REDIS_URL}
-	}
-}
-
-:8000 {
+	startCaddy(t, loggedCaddyfile(t, port, logFile, fmt.Sprintf(`
 	log {
 		output file %s
 	}
@@ -265,9 +274,7 @@ func TestAPIKeysEndToEnd(t *testing.T) {
 	}
 	reverse_proxy {
 		dynamic ai_lb
-	}
-}
-`, logFile, accessLog, keyFile), port))
+	}`, accessLog, keyFile)))
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	waitNodes(t, base, 1)
 
@@ -353,21 +360,7 @@ func TestRedisPasswordNeverLogged(t *testing.T) {
 	const password = "hunter2-registry-secret"
 	t.Setenv("REDIS_URL", strings.Replace(c.redis.URL(), "redis://", "redis://ai-lb:"+password+"@", 1))
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
-	port := freePort(t)
-	startCaddy(t, testCaddyfile(t, fmt.Sprintf(`{
-	log {
-		output file %s
-		level DEBUG
-	}
-	ai_lb {
-		redis {env.REDIS_URL}
-	}
-}
-
-:8000 {
-	ai_lb
-}
-`, logFile), port))
+	startCaddy(t, loggedCaddyfile(t, freePort(t), logFile, "ai_lb"))
 	eventually(t, 10*time.Second, func() error {
 		raw, err := os.ReadFile(logFile)
 		if err != nil || !strings.Contains(string(raw), "redis unreachable") {
