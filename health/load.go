@@ -71,13 +71,15 @@ type load struct {
 	ttft    float64   // peak-EWMA of the time to first token, seconds; 0: no sample
 	ttftAt  time.Time // of the last sample
 	engine  EngineLoad
+	others  float64 // the engine's requests not from this process, when it reported
 	prefill float64 // prompt tokens of attempts in flight not yet past their first token
 }
 
 // ObserveTTFT adds a time-to-first-token sample. The average is a peak
 // EWMA: a sample above it replaces it at once, one below pulls it down
 // with the half-life. lowerBound marks a sample the node took at least
-// (an attempt that lost the race), which can only raise the average.
+// (an attempt that lost the race), which can start or raise the average
+// but never lower it.
 func (n *Node) ObserveTTFT(d time.Duration, lowerBound bool, now time.Time) {
 	s := n.tracker.loadSettings.Load().withDefaults()
 	l := &n.load
@@ -86,9 +88,8 @@ func (n *Node) ObserveTTFT(d time.Duration, lowerBound bool, now time.Time) {
 	sample := d.Seconds()
 	switch {
 	case l.ttft == 0 || sample >= l.ttft:
-		if l.ttft == 0 && lowerBound {
-			return // a bound alone says too little to start from
-		}
+		// A bound may start the average too: a node that has only ever
+		// lost races (one that never answers) is at least that slow.
 		l.ttft = sample
 	case !lowerBound:
 		w := math.Exp2(-now.Sub(l.ttftAt).Seconds() / s.HalfLife.Seconds())
@@ -97,11 +98,18 @@ func (n *Node) ObserveTTFT(d time.Duration, lowerBound bool, now time.Time) {
 	l.ttftAt = now
 }
 
-// SetEngineLoad records the engine's own figures.
+// SetEngineLoad records the engine's own figures. What they add to this
+// process's own count is the load of others (other replicas, other
+// clients): the engine's requests less this process's in flight when the
+// figures arrive. Taking the figures as the load itself would keep a node
+// looking busy for up to a publishing interval after its requests ended,
+// and every replica would herd away from it and back.
 func (n *Node) SetEngineLoad(e EngineLoad) {
+	local := float64(n.InFlight())
 	n.load.mu.Lock()
 	if e.At.After(n.load.engine.At) {
 		n.load.engine = e
+		n.load.others = max(e.Running+e.Waiting-local, 0)
 	}
 	n.load.mu.Unlock()
 }
@@ -118,10 +126,13 @@ func (n *Node) addPrefill(tokens float64) {
 type Load struct {
 	// TTFT is the peak-EWMA time to first token, seconds; 0 when unknown.
 	TTFT float64
-	// Requests is the node's load in requests: the larger of this
-	// process's in-flight attempts and the engine's running and waiting
-	// requests (fresh figures only), plus the prompt tokens in flight in
-	// units of PrefillTokens.
+	// Confidence is how much TTFT still says, 0-1: it halves every
+	// half-life without a sample, so that a node the policy stopped
+	// sending to drifts back towards its peers and is tried again.
+	Confidence float64
+	// Requests is the node's load in requests: this process's in-flight
+	// attempts, plus the engine's requests from others (fresh figures
+	// only), plus the prompt tokens in flight in units of PrefillTokens.
 	Requests float64
 	// Capacity is how many requests the node runs at once (max_concurrency,
 	// else the engine's own figure); 0 when unknown.
@@ -136,8 +147,11 @@ func (n *Node) Load(maxConcurrency int, now time.Time) Load {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	out := Load{TTFT: l.ttft, Requests: float64(n.InFlight()), Capacity: float64(maxConcurrency)}
+	if l.ttft > 0 {
+		out.Confidence = math.Exp2(-max(now.Sub(l.ttftAt).Seconds(), 0) / s.HalfLife.Seconds())
+	}
 	if e := l.engine; !e.At.IsZero() && now.Sub(e.At) <= s.Staleness {
-		out.Requests = max(out.Requests, e.Running+e.Waiting)
+		out.Requests += l.others
 		if out.Capacity == 0 {
 			out.Capacity = e.MaxRunning
 		}
@@ -152,7 +166,8 @@ func (n *Node) Load(maxConcurrency int, now time.Time) Load {
 // TTFT × (1 + utilisation once this request is placed), so an idle node
 // that runs eight requests at once beats an idle one that runs one. A
 // node with no TTFT sample yet gets the other's (a neutral prior, not
-// zero). Weights divide the cost.
+// zero), and one without recent samples drifts towards it. Weights divide
+// the cost.
 func Cost(a, b Load, weightA, weightB float64) (costA, costB float64) {
 	ttftA, ttftB := a.TTFT, b.TTFT
 	switch {
@@ -162,9 +177,17 @@ func Cost(a, b Load, weightA, weightB float64) (costA, costB float64) {
 		ttftA = ttftB
 	case ttftB == 0:
 		ttftB = ttftA
+	default:
+		// An estimate without recent samples drifts towards the other's.
+		ttftA, ttftB = drift(ttftA, a.Confidence, ttftB), drift(ttftB, b.Confidence, ttftA)
 	}
 	if a.Capacity > 0 && b.Capacity > 0 {
 		return ttftA * (1 + (a.Requests+1)/a.Capacity) / weightA, ttftB * (1 + (b.Requests+1)/b.Capacity) / weightB
 	}
 	return ttftA * (a.Requests + 1) / weightA, ttftB * (b.Requests + 1) / weightB
+}
+
+// drift is ttft as far as confidence trusts it, the rest prior.
+func drift(ttft, confidence, prior float64) float64 {
+	return confidence*ttft + (1-confidence)*prior
 }

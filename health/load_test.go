@@ -25,9 +25,17 @@ func TestCost(t *testing.T) {
 		{"capacity: utilisation, not requests", Load{TTFT: .1, Requests: 6, Capacity: 16}, Load{TTFT: .1, Requests: 2, Capacity: 2}, 1, 1, "a"},
 		{"one capacity unknown: requests", Load{TTFT: .1, Requests: 6, Capacity: 16}, Load{TTFT: .1, Requests: 2}, 1, 1, "b"},
 		{"weight divides", Load{TTFT: .1, Requests: 3}, Load{TTFT: .1, Requests: 1}, 4, 1, "a"},
+		{"a slow node without recent samples drifts back", Load{TTFT: .5, Confidence: .01}, Load{TTFT: .1, Requests: 1}, 1, 1, "a"},
+		{"with recent samples it stays slow", Load{TTFT: .5, Confidence: .99}, Load{TTFT: .1, Requests: 1}, 1, 1, "b"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ca, cb := Cost(tc.a, tc.b, tc.weightA, tc.wB)
+			sure := func(l Load) Load { // fresh samples: fully trusted
+				if l.TTFT > 0 && l.Confidence == 0 {
+					l.Confidence = 1
+				}
+				return l
+			}
+			ca, cb := Cost(sure(tc.a), sure(tc.b), tc.weightA, tc.wB)
 			got := "tie"
 			switch {
 			case ca < cb:
@@ -47,7 +55,10 @@ func TestLoadEngineFigures(t *testing.T) {
 	require.Equal(t, Load{Requests: 1, Capacity: 4}, n.Load(4, t0))
 
 	n.SetEngineLoad(EngineLoad{Running: 6, Waiting: 3, MaxRunning: 8, At: t0})
-	require.Equal(t, Load{Requests: 9, Capacity: 8}, n.Load(0, t0), "fresh figures: other replicas' load counts")
+	require.Equal(t, Load{Requests: 9, Capacity: 8}, n.Load(0, t0), "fresh figures: others' 8 requests count too")
+	done := n.Begin(t0, 0)
+	done.End(Succeeded, t0)
+	require.Equal(t, 9.0, n.Load(0, t0).Requests, "this process's own requests count once, fresh")
 	require.Equal(t, Load{Requests: 9, Capacity: 4}, n.Load(4, t0), "max_concurrency overrides the engine's capacity")
 
 	n.SetEngineLoad(EngineLoad{Running: 1, At: t0.Add(-time.Second)})
@@ -78,12 +89,17 @@ func TestPeakEWMA(t *testing.T) {
 	ttft := func() float64 { return n.Load(0, t0).TTFT }
 
 	n.ObserveTTFT(time.Second, true, t0)
-	require.Zero(t, ttft(), "a lower bound alone is no estimate")
+	require.InDelta(t, 1, ttft(), 1e-9, "a node that only lost races is at least that slow")
+	n.ObserveTTFT(50*time.Millisecond, true, t0)
+	require.InDelta(t, 1, ttft(), 1e-9, "a lower bound never lowers it")
+	n = tr.Node("c:1")
 	n.ObserveTTFT(100*time.Millisecond, false, t0)
 	require.InDelta(t, .1, ttft(), 1e-9)
 
 	n.ObserveTTFT(500*time.Millisecond, false, t0.Add(time.Second))
 	require.InDelta(t, .5, ttft(), 1e-9, "a slow sample takes over at once")
+	require.InDelta(t, .5, n.Load(0, t0.Add(time.Second+LoadDefaults.HalfLife)).Confidence, 1e-9,
+		"confidence halves every half-life without a sample")
 
 	// A fast sample one half-life later pulls it halfway down.
 	n.ObserveTTFT(100*time.Millisecond, false, t0.Add(time.Second+LoadDefaults.HalfLife))

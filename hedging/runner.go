@@ -159,9 +159,9 @@ func (rn *Runner) Run(w http.ResponseWriter, r *http.Request, req *request.Info,
 			if lastResort == nil || !isClientError(lastResort.status) {
 				lastResort = a // a client error is the most telling reply
 			}
-			if isClientError(a.status) || a.slot.Node() == nil || req.Races() > a.racesBefore {
-				// A client error is final. No node was picked: there is
-				// none to fail over to. A race inside the attempt (the
+			if isClientError(a.status) || noUpstream(a) || req.Races() > a.racesBefore {
+				// A client error is final. No node could be picked: there
+				// is none to fail over to. A race inside the attempt (the
 				// hedge handler's) has already failed over.
 				continue
 			}
@@ -327,11 +327,21 @@ func (rn *Runner) outcome(rc *race, a *attempt, r *http.Request, stream bool) he
 	}
 }
 
-// connectFailure reports an attempt that never reached a node, so that
-// trying another costs no engine any work.
+// noUpstream reports an attempt that found no node to go to: reverse_proxy
+// answers that with a 503 error of its own, before writing anything (a
+// node's own 503 is an answer, written).
+func noUpstream(a *attempt) bool {
+	var he caddyhttp.HandlerError
+	return a.status == 0 && errors.As(a.err, &he) && he.StatusCode == http.StatusServiceUnavailable
+}
+
+// connectFailure reports an attempt that never reached a node, or whose
+// node never began to answer a streamed request (no headers by
+// stream_header_timeout), so that trying another does not multiply work
+// that engines are doing: such retries do not draw on the retry budget.
 func connectFailure(a *attempt) bool {
 	var dialErr reverseproxy.DialError
-	return a.status == 0 && errors.As(a.err, &dialErr)
+	return a.status == 0 && (errors.As(a.err, &dialErr) || a.timedOut.Load())
 }
 
 // won runs under the race lock when attempt a claims the race. The

@@ -151,3 +151,32 @@ func TestRunnerStreamHeaderTimeout(t *testing.T) {
 	require.Equal(t, "data: 2\n\n", rec.Body.String())
 	require.Equal(t, 2, up.numCalls())
 }
+
+// TestRunnerFailoverWithAnyPolicy: failover does not depend on the p2c
+// policy recording its pick (Caddy's own policies do not); only "no node
+// available" is not retried.
+func TestRunnerFailoverWithAnyPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		first error
+		calls int
+	}{
+		{"a node failed", caddyhttp.Error(http.StatusBadGateway, reverseproxy.DialError{}), 2},
+		{"no node available", caddyhttp.Error(http.StatusServiceUnavailable, context.Canceled), 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			calls := 0
+			next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+				calls++
+				if calls == 1 {
+					return tc.first
+				}
+				w.WriteHeader(http.StatusNoContent)
+				return nil
+			})
+			r := testRequest(context.Background())
+			_ = NewFailoverRunner(testHandler(time.Hour).logger).Run(httptest.NewRecorder(), r, request.FromContext(r.Context()), next)
+			require.Equal(t, tc.calls, calls)
+		})
+	}
+}
