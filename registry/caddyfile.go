@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -92,70 +93,76 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // parseEjection reads `ejection off` or an `ejection { ... }` block.
 func (a *App) parseEjection(d *caddyfile.Dispenser) error {
-	a.Ejection = new(Ejection)
+	e := new(Ejection)
+	a.Ejection = e
 	if d.NextArg() {
 		if d.Val() != "off" {
 			return d.Errf("ejection: expected 'off' or a block, got '%s'", d.Val())
 		}
-		a.Ejection.Off = true
+		e.Off = true
 		return nil
 	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		option := d.Val()
-		if !d.NextArg() {
-			return d.ArgErr()
-		}
-		var err error
+	return parseSettings(d, "ejection", func(option, value string) (err error) {
 		switch option {
 		case "consecutive_failures":
-			a.Ejection.ConsecutiveFailures, err = strconv.Atoi(d.Val())
+			e.ConsecutiveFailures, err = strconv.Atoi(value)
 		case "min_requests":
-			a.Ejection.MinRequests, err = strconv.Atoi(d.Val())
+			e.MinRequests, err = strconv.Atoi(value)
 		case "failure_rate":
-			a.Ejection.FailureRate, err = health.ParseFraction(d.Val())
+			e.FailureRate, err = health.ParseFraction(value)
 		case "window":
-			err = parseDuration(d.Val(), &a.Ejection.Window)
+			err = parseDuration(value, &e.Window)
 		case "base_duration":
-			err = parseDuration(d.Val(), &a.Ejection.BaseDuration)
+			err = parseDuration(value, &e.BaseDuration)
 		case "max_duration":
-			err = parseDuration(d.Val(), &a.Ejection.MaxDuration)
+			err = parseDuration(value, &e.MaxDuration)
 		default:
-			return d.Errf("unrecognized ejection option '%s'", option)
+			return errUnknownOption
 		}
-		if err != nil {
-			return d.Errf("parsing ejection %s: %v", option, err)
-		}
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-	}
-	return nil
+		return err
+	})
 }
 
 // parseLoad reads a `load { ... }` block.
 func (a *App) parseLoad(d *caddyfile.Dispenser) error {
-	a.Load = new(Load)
+	l := new(Load)
+	a.Load = l
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	return parseSettings(d, "load", func(option, value string) (err error) {
+		switch option {
+		case "ttft_half_life":
+			err = parseDuration(value, &l.TTFTHalfLife)
+		case "staleness":
+			err = parseDuration(value, &l.Staleness)
+		case "prefill_tokens":
+			l.PrefillTokens, err = strconv.ParseFloat(value, 64)
+		default:
+			return errUnknownOption
+		}
+		return err
+	})
+}
+
+// errUnknownOption is what a parseSettings setter returns for an option it
+// does not know.
+var errUnknownOption = errors.New("unknown option")
+
+// parseSettings reads a block of `<option> <value>` lines, named name in
+// errors, handing each to set.
+func parseSettings(d *caddyfile.Dispenser, name string, set func(option, value string) error) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		option := d.Val()
 		if !d.NextArg() {
 			return d.ArgErr()
 		}
-		var err error
-		switch option {
-		case "ttft_half_life":
-			err = parseDuration(d.Val(), &a.Load.TTFTHalfLife)
-		case "staleness":
-			err = parseDuration(d.Val(), &a.Load.Staleness)
-		case "prefill_tokens":
-			a.Load.PrefillTokens, err = strconv.ParseFloat(d.Val(), 64)
-		default:
-			return d.Errf("unrecognized load option '%s'", option)
-		}
-		if err != nil {
-			return d.Errf("parsing load %s: %v", option, err)
+		err := set(option, d.Val())
+		switch {
+		case errors.Is(err, errUnknownOption):
+			return d.Errf("unrecognized %s option '%s'", name, option)
+		case err != nil:
+			return d.Errf("parsing %s %s: %v", name, option, err)
 		}
 		if d.NextArg() {
 			return d.ArgErr()
