@@ -178,8 +178,13 @@ func Cost(a, b Load, weightA, weightB float64) (costA, costB float64) {
 	case ttftB == 0:
 		ttftB = ttftA
 	default:
-		// An estimate without recent samples drifts towards the other's.
-		ttftA, ttftB = drift(ttftA, a.Confidence, ttftB), drift(ttftB, b.Confidence, ttftA)
+		// Estimates without recent samples drift towards what both say,
+		// weighted by how much each still says.
+		prior := (ttftA + ttftB) / 2
+		if c := a.Confidence + b.Confidence; c > 0 {
+			prior = (ttftA*a.Confidence + ttftB*b.Confidence) / c
+		}
+		ttftA, ttftB = drift(ttftA, a.Confidence, prior), drift(ttftB, b.Confidence, prior)
 	}
 	if a.Capacity > 0 && b.Capacity > 0 {
 		return ttftA * (1 + (a.Requests+1)/a.Capacity) / weightA, ttftB * (1 + (b.Requests+1)/b.Capacity) / weightB

@@ -27,6 +27,7 @@ func TestCost(t *testing.T) {
 		{"weight divides", Load{TTFT: .1, Requests: 3}, Load{TTFT: .1, Requests: 1}, 4, 1, "a"},
 		{"a slow node without recent samples drifts back", Load{TTFT: .5, Confidence: .01}, Load{TTFT: .1, Requests: 1}, 1, 1, "a"},
 		{"with recent samples it stays slow", Load{TTFT: .5, Confidence: .99}, Load{TTFT: .1, Requests: 1}, 1, 1, "b"},
+		{"both without recent samples: load decides, not swapped TTFTs", Load{TTFT: .5, Confidence: 1e-9}, Load{TTFT: .1, Confidence: 1e-9, Requests: 1}, 1, 1, "a"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sure := func(l Load) Load { // fresh samples: fully trusted

@@ -26,12 +26,17 @@ import (
 
 // hedgedCaddyfile is a site running ai_lb → hedge → reverse_proxy, with the
 // given hedge options (response_headers is always on) and extra site
-// directives.
+// directives. The hedging tests need the slow node to keep getting first
+// attempts, so p2c's time-to-first-token estimates forget at once (a 1 ms
+// half-life) and it picks by load alone.
 func hedgedCaddyfile(t *testing.T, port int, hedgeOpts, extra string) string {
 	t.Helper()
 	return testCaddyfile(t, fmt.Sprintf(`{
 	ai_lb {
 		redis {env.REDIS_URL}
+		load {
+			ttft_half_life 1ms
+		}
 	}
 }
 :8000 {
