@@ -45,10 +45,11 @@ type outcome struct {
 
 // openLoop sends one streamed chat completion at each arrival time,
 // whatever the answers to earlier ones (open loop), and returns the
-// outcomes in send order once every request has ended. start, if set, is
+// outcomes in send order once every request has ended; request i goes to
+// urls[i % len(urls)] (one URL per ai-lb replica). start, if set, is
 // called with the load's start time before the first request, and event, if set,
 // runs once at eventAt (from the start) while the load goes on.
-func openLoop(ctx context.Context, url, idPrefix string, times []time.Duration, tokens int, timeout time.Duration,
+func openLoop(ctx context.Context, urls []string, idPrefix string, times []time.Duration, tokens int, timeout time.Duration,
 	start func(t0 time.Time), eventAt time.Duration, event func()) []outcome {
 	tr := &http.Transport{MaxIdleConnsPerHost: 1024, IdleConnTimeout: time.Minute, DisableCompression: true}
 	defer tr.CloseIdleConnections()
@@ -84,6 +85,7 @@ func openLoop(ctx context.Context, url, idPrefix string, times []time.Duration, 
 		o := &out[i]
 		o.Seq, o.ID, o.Planned = i, fmt.Sprintf("%s-%05d", idPrefix, i), at
 		n = i + 1
+		url := urls[i%len(urls)]
 		wg.Go(func() { stream(ctx, client, url, body, tokens, t0, o) })
 	}
 	wg.Wait()

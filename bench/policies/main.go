@@ -51,6 +51,7 @@ type options struct {
 	tokens, slots, queue     int
 	heteroFactor, slowFactor float64
 	timeout                  time.Duration
+	replicas                 int
 	policies                 []policy
 	scenarios                []string
 	args                     []string
@@ -78,6 +79,7 @@ func parseOptions(args []string) (*options, error) {
 	fs.Float64Var(&o.heteroFactor, "hetero-slow-factor", 2, "heterogeneous scenario: how much slower the slow node is (TTFT and ITL)")
 	fs.Float64Var(&o.slowFactor, "slowdown-factor", 3, "slowdown scenario: how much slower the node becomes (TTFT and ITL)")
 	fs.DurationVar(&o.timeout, "request-timeout", 60*time.Second, "client timeout per request")
+	fs.IntVar(&o.replicas, "replicas", 1, "ai-lb replicas on the same Redis, each taking an equal share of the requests")
 	pols := fs.String("policies", "round_robin,least_conn,random_choose_2,p2c", "policies to compare (comma-separated)")
 	scs := fs.String("scenarios", "hetero,slowdown", "scenarios to run (comma-separated)")
 	if err := fs.Parse(args); err != nil {
@@ -107,8 +109,8 @@ func parseOptions(args []string) (*options, error) {
 	if o.quick {
 		o.durHetero, o.durSlowdown = time.Second, 2*time.Second
 	}
-	if o.tokens < 2 || o.slots < 2 || o.utilisation <= 0 {
-		return nil, errors.New("-tokens and -slots must be at least 2, -utilisation above 0")
+	if o.tokens < 2 || o.slots < 2 || o.utilisation <= 0 || o.replicas < 1 {
+		return nil, errors.New("-tokens and -slots must be at least 2, -utilisation above 0, -replicas at least 1")
 	}
 	return o, nil
 }
@@ -292,12 +294,20 @@ func runPolicy(ctx context.Context, g *procs, o *options, sc *scenario, pol poli
 	if err != nil {
 		return nil, err
 	}
-	lb, err := startBalancer(ctx, g, o, tag, redisURL, prefix, pol.directive, len(sc.specs))
-	if lb != nil {
-		defer g.stop(lb.p)
-	}
-	if err != nil {
-		return nil, err
+	var urls []string
+	for i := range o.replicas {
+		replicaTag := tag
+		if i > 0 {
+			replicaTag = fmt.Sprintf("%s-replica-%d", tag, i+1)
+		}
+		lb, err := startBalancer(ctx, g, o, replicaTag, redisURL, prefix, pol.directive, len(sc.specs))
+		if lb != nil {
+			defer g.stop(lb.p)
+		}
+		if err != nil {
+			return nil, err
+		}
+		urls = append(urls, lb.url)
 	}
 	r := &policyRun{sc: sc, pol: pol, nodes: len(nodes), loadBefore: loadAverage()}
 	var event func()
@@ -309,7 +319,7 @@ func runPolicy(ctx context.Context, g *procs, o *options, sc *scenario, pol poli
 			r.changed = before.Add(time.Since(before) / 2)
 		}
 	}
-	r.outs = openLoop(ctx, lb.url, tag, times, o.tokens, o.timeout, func(t0 time.Time) { r.t0 = t0 }, sc.changeAt, event)
+	r.outs = openLoop(ctx, urls, tag, times, o.tokens, o.timeout, func(t0 time.Time) { r.t0 = t0 }, sc.changeAt, event)
 	r.wall = time.Since(r.t0)
 	r.loadAfter = loadAverage()
 	if ctx.Err() != nil {
