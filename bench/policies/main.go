@@ -52,6 +52,7 @@ type options struct {
 	heteroFactor, slowFactor float64
 	timeout                  time.Duration
 	replicas                 int
+	loadInterval             time.Duration
 	policies                 []policy
 	scenarios                []string
 	args                     []string
@@ -80,6 +81,7 @@ func parseOptions(args []string) (*options, error) {
 	fs.Float64Var(&o.slowFactor, "slowdown-factor", 3, "slowdown scenario: how much slower the node becomes (TTFT and ITL)")
 	fs.DurationVar(&o.timeout, "request-timeout", 60*time.Second, "client timeout per request")
 	fs.IntVar(&o.replicas, "replicas", 1, "ai-lb replicas on the same Redis, each taking an equal share of the requests")
+	fs.DurationVar(&o.loadInterval, "load-interval", time.Second, "how often each node's agent publishes its engine load (the agents' --load-interval)")
 	pols := fs.String("policies", "round_robin,least_conn,random_choose_2,p2c", "policies to compare (comma-separated)")
 	scs := fs.String("scenarios", "hetero,slowdown", "scenarios to run (comma-separated)")
 	if err := fs.Parse(args); err != nil {

@@ -230,7 +230,7 @@ func startNodes(ctx context.Context, g *procs, o *options, tag, redisURL, prefix
 			"--ttft", s.ttft.String(), "--ttft-jitter", strconv.FormatFloat(o.jitter, 'f', -1, 64),
 			"--itl", s.itl.String(), "--tokens", strconv.Itoa(o.tokens),
 			"--slots", strconv.Itoa(s.slots), "--queue", strconv.Itoa(s.queue),
-			"--seed", strconv.FormatInt(o.seed+int64(i), 10)}
+			"--seed", strconv.FormatInt(o.seed+int64(i), 10), "--load-interval", o.loadInterval.String()}
 		if n.p, err = g.start(tag+"-"+n.id, argv); err != nil {
 			return nodes, err
 		}
